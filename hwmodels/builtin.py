@@ -1,0 +1,183 @@
+"""Built-in analytical hardware models.
+
+- ``eq2_storage``: the paper's eq. 2, ``(W(i) + F(i)) * B(i)`` bits.
+- ``flash``: bytes of the deployed weights (packed to their real bits or in containers), int32
+  biases, per-layer requantization records, plus the runtime's own code.
+- ``sram_peak``: peak bytes of live feature maps — the largest input + output pair of one unit,
+  in activation containers (a chain needs only the current unit's in and out buffers).
+- ``mac_energy``: the paper's eq. 3, ``f(MAC(i), BIT(i))`` from a per-bit-width table with a
+  named scaling law (``hwmodels.scaling``), plus per-bit memory-access energy for weights and
+  feature maps (operand fetch costs several MACs: Horowitz 2014, MAESTRO).
+- ``roofline_latency``: per unit ``max(compute, memory)`` cycles plus a fixed per-layer cost,
+  MAC throughput by bit-width from a table with a named scaling law, plus a per-inference cost.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from hwmodels.base import HardwareModel
+from hwmodels.scaling import mixed, per_width
+from inag.ir import LayerTable
+from inag.platform import PositiveSourced, Sourced
+
+Law = Literal["flat_container", "quadratic", "linear", "inverse_quadratic"]
+WeightStorage = Literal["packed", "container"]
+PJ = 1e-12
+
+
+class _P(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _containers(model: HardwareModel, bits: np.ndarray, which: str) -> np.ndarray:
+    """Container width of every nominal width in ``bits`` (32-bit accumulators stay 32)."""
+    lut = np.array([model.platform.container(b, which) if b else 0 for b in range(33)])
+    return lut[np.clip(bits, 0, 32)]
+
+
+def _weight_bits(model: HardwareModel, t: LayerTable, storage: WeightStorage) -> np.ndarray:
+    return t.bits if storage == "packed" else _containers(model, t.bits, "weight")
+
+
+class Eq2Storage(HardwareModel):
+    """Paper eq. 2: every weight, bias and output feature-map value at the layer's B(i)."""
+
+    name = "eq2_storage"
+    quantity = "storage_bits"
+
+    def _layer_cost(self, t: LayerTable) -> np.ndarray:
+        return ((t.weights + t.biases + t.fmap) * t.bits).astype(np.float64)
+
+
+class FlashParams(_P):
+    weight_storage: WeightStorage = "packed"
+    bias_bytes: int = 4  # int32 biases (Jacob et al. 2017)
+    per_layer_bytes: Sourced | None = None  # requant multiplier, shift, shapes
+    runtime_bytes: Sourced | None = None  # inference code linked into flash
+
+
+class Flash(HardwareModel):
+    name = "flash"
+    quantity = "flash_bytes"
+    Params = FlashParams
+
+    def _layer_cost(self, t: LayerTable) -> np.ndarray:
+        p: FlashParams = self.params  # type: ignore[assignment]
+        wbytes = np.ceil(t.weights * _weight_bits(self, t, p.weight_storage) / 8)
+        extra = p.per_layer_bytes.value if p.per_layer_bytes else 0.0
+        return wbytes + t.biases * p.bias_bytes + extra
+
+    def _network_overhead(self) -> float:
+        p: FlashParams = self.params  # type: ignore[assignment]
+        return p.runtime_bytes.value if p.runtime_bytes else 0.0
+
+
+class SramParams(_P):
+    scratch_bytes: Sourced | None = None  # runtime state, stack
+
+
+class SramPeak(HardwareModel):
+    name = "sram_peak"
+    quantity = "sram_bytes"
+    reduce = "max"
+    Params = SramParams
+
+    def _layer_cost(self, t: LayerTable) -> np.ndarray:
+        cin = _containers(self, t.in_bits, "activation")
+        cout = _containers(self, t.out_bits, "activation")
+        return np.ceil(t.fmap_in * cin / 8) + np.ceil(t.fmap * cout / 8)
+
+    def _network_overhead(self) -> float:
+        p: SramParams = self.params  # type: ignore[assignment]
+        return p.scratch_bytes.value if p.scratch_bytes else 0.0
+
+
+class MacEnergyParams(_P):
+    e_mac_pj: dict[int, Sourced]  # energy of one MAC at b_w = b_a = b bits
+    scaling: Law = "quadratic"
+    weight_read_pj_per_bit: Sourced | None = None
+    act_access_pj_per_bit: Sourced | None = None  # read inputs + write outputs
+    weight_storage: WeightStorage = "container"
+
+
+class MacEnergy(HardwareModel):
+    """Eq. 3: ``sum_i MAC(i) * e(b_w, b_a)`` + memory-access energy, in joules."""
+
+    name = "mac_energy"
+    quantity = "energy_j"
+    Params = MacEnergyParams
+
+    def __init__(self, platform, params=None):  # type: ignore[no-untyped-def]
+        super().__init__(platform, params)
+        p: MacEnergyParams = self.params  # type: ignore[assignment]
+        table = {b: v.value for b, v in p.e_mac_pj.items()}
+        self._lw = per_width(table, p.scaling, lambda b: platform.container(b, "weight"))
+        self._la = per_width(table, p.scaling, lambda b: platform.container(b, "activation"))
+
+    def _layer_cost(self, t: LayerTable) -> np.ndarray:
+        p: MacEnergyParams = self.params  # type: ignore[assignment]
+        e = t.macs * mixed(self._lw, self._la, t.bits, t.in_bits)
+        if p.weight_read_pj_per_bit:
+            wbits = t.weights * _weight_bits(self, t, p.weight_storage) + t.biases * 32
+            e = e + wbits * p.weight_read_pj_per_bit.value
+        if p.act_access_pj_per_bit:
+            abits = (t.fmap_in * _containers(self, t.in_bits, "activation")
+                     + t.fmap * _containers(self, t.out_bits, "activation"))
+            e = e + abits * p.act_access_pj_per_bit.value
+        return e * PJ
+
+
+class RooflineParams(_P):
+    macs_per_cycle: dict[int, PositiveSourced]  # dense layers, at b_w = b_a = b
+    conv_macs_per_cycle: dict[int, PositiveSourced] | None = None  # defaults to dense figures
+    scaling: Law = "flat_container"
+    mem_bytes_per_cycle: PositiveSourced
+    weight_storage: WeightStorage = "container"
+    overhead_cycles_per_layer: Sourced | None = None
+    overhead_cycles_per_inference: Sourced | None = None
+
+
+class RooflineLatency(HardwareModel):
+    """Per unit ``max(MACs / throughput, bytes / bandwidth) + overhead`` cycles, in seconds."""
+
+    name = "roofline_latency"
+    quantity = "latency_s"
+    Params = RooflineParams
+
+    def __init__(self, platform, params=None):  # type: ignore[no-untyped-def]
+        super().__init__(platform, params)
+        p: RooflineParams = self.params  # type: ignore[assignment]
+
+        def lut(tab: dict[int, PositiveSourced], which: str) -> np.ndarray:
+            return per_width({b: v.value for b, v in tab.items()}, p.scaling,
+                             lambda b: platform.container(b, which))  # type: ignore[arg-type]
+
+        conv = p.conv_macs_per_cycle or p.macs_per_cycle
+        self._dense = (lut(p.macs_per_cycle, "weight"), lut(p.macs_per_cycle, "activation"))
+        self._conv = (lut(conv, "weight"), lut(conv, "activation"))
+        self._clock = platform.capability.clock_hz.value
+
+    def _layer_cost(self, t: LayerTable) -> np.ndarray:
+        p: RooflineParams = self.params  # type: ignore[assignment]
+        thr = np.where(t.is_conv, mixed(*self._conv, t.bits, t.in_bits),
+                       mixed(*self._dense, t.bits, t.in_bits))
+        compute = t.macs / np.maximum(thr, 1e-30)
+        nbytes = (t.weights * _weight_bits(self, t, p.weight_storage) + t.biases * 32
+                  + t.fmap_in * _containers(self, t.in_bits, "activation")
+                  + t.fmap * _containers(self, t.out_bits, "activation")) / 8
+        memory = nbytes / p.mem_bytes_per_cycle.value
+        fixed = p.overhead_cycles_per_layer.value if p.overhead_cycles_per_layer else 0.0
+        return (np.maximum(compute, memory) + fixed) / self._clock
+
+    def _network_overhead(self) -> float:
+        p: RooflineParams = self.params  # type: ignore[assignment]
+        c = p.overhead_cycles_per_inference
+        return (c.value if c else 0.0) / self._clock
+
+
+BUILTIN_MODELS: tuple[type[HardwareModel], ...] = (
+    Eq2Storage, Flash, SramPeak, MacEnergy, RooflineLatency)

@@ -1,0 +1,229 @@
+"""Quantized network architectures: the values every stage of INAG passes around.
+
+An :class:`ArchSpec` is what NAGAN generates, what the dataset stores and what the exporter
+lowers. It is frozen and hashable, round-trips through JSON, and has a stable content hash
+(``arch_id``) so that a dataset row, a selection and an exported artifact name the same network.
+
+The last layer (the task head: ``output_size`` units) is implicit: it is always present, dense,
+with weights at ``output_bits`` and an int32 output (see ``docs/decisions.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+MIN_BITS = 2
+MAX_BITS = 8
+ArchKind = Literal["mlp", "cnn"]
+LayerKind = Literal["dense", "conv"]
+
+
+class ArchError(ValueError):
+    """An architecture (or its JSON) is not valid."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One hidden layer: its width (dense nodes or conv channels) and its bit-width B(i).
+
+    ``bits`` quantizes both the layer's weights and its output activations (the paper's B(i)).
+    Conv layers also carry a square ``kernel``, a ``stride`` and a max-``pool`` size (1 = none);
+    they use 'same' zero padding (``kernel // 2``).
+    """
+
+    width: int
+    bits: int
+    kind: LayerKind = "dense"
+    kernel: int = 1
+    stride: int = 1
+    pool: int = 1
+
+    def __post_init__(self) -> None:
+        _check_int("width", self.width, 1, 1 << 20)
+        _check_int("bits", self.bits, MIN_BITS, MAX_BITS)
+        if self.kind not in ("dense", "conv"):
+            raise ArchError(f"layer kind must be 'dense' or 'conv', found {self.kind!r}")
+        if self.kind == "dense":
+            if (self.kernel, self.stride, self.pool) != (1, 1, 1):
+                raise ArchError(
+                    "a dense layer has no kernel/stride/pool (all must be 1), found "
+                    f"kernel={self.kernel}, stride={self.stride}, pool={self.pool}"
+                )
+        else:
+            _check_int("kernel", self.kernel, 1, 15)
+            if self.kernel % 2 == 0:
+                raise ArchError(f"conv kernel must be odd ('same' padding), found {self.kernel}")
+            _check_int("stride", self.stride, 1, 8)
+            _check_int("pool", self.pool, 1, 8)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "dense":
+            return {"kind": "dense", "width": self.width, "bits": self.bits}
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: Any, where: str = "layer") -> LayerSpec:
+        if not isinstance(data, dict):
+            raise ArchError(f"{where}: expected an object, found {type(data).__name__}")
+        known = {"width", "bits", "kind", "kernel", "stride", "pool"}
+        extra = set(data) - known
+        if extra:
+            raise ArchError(f"{where}: unknown field(s) {sorted(extra)}; known: {sorted(known)}")
+        missing = {"width", "bits"} - set(data)
+        if missing:
+            raise ArchError(f"{where}: missing field(s) {sorted(missing)}")
+        try:
+            return LayerSpec(**data)
+        except ArchError as exc:
+            raise ArchError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A quantized MLP or CNN: hidden layers in order, then the implicit dense head.
+
+    For ``cnn`` the conv layers come first, then optional dense layers; the feature map is
+    flattened before the first dense layer.
+    """
+
+    kind: ArchKind
+    input_shape: tuple[int, ...]
+    output_size: int
+    layers: tuple[LayerSpec, ...]
+    output_bits: int = MAX_BITS
+    _id: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mlp", "cnn"):
+            raise ArchError(f"arch kind must be 'mlp' or 'cnn', found {self.kind!r}")
+        shape = tuple(self.input_shape)
+        object.__setattr__(self, "input_shape", shape)
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
+            raise ArchError(f"input_shape must be positive integers, found {shape}")
+        _check_int("output_size", self.output_size, 1, 1 << 20)
+        _check_int("output_bits", self.output_bits, MIN_BITS, MAX_BITS)
+        if not self.layers:
+            raise ArchError("an architecture needs at least one hidden layer")
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, LayerSpec):
+                raise ArchError(f"layers[{i}] must be a LayerSpec, found {type(layer).__name__}")
+        if self.kind == "mlp":
+            if any(layer.kind != "dense" for layer in self.layers):
+                raise ArchError("an mlp has dense layers only")
+        else:
+            if len(shape) != 3:
+                raise ArchError(f"a cnn needs input_shape (C, H, W), found {shape}")
+            kinds = [layer.kind for layer in self.layers]
+            if kinds[0] != "conv":
+                raise ArchError("a cnn starts with a conv layer")
+            first_dense = kinds.index("dense") if "dense" in kinds else len(kinds)
+            if "conv" in kinds[first_dense:]:
+                raise ArchError("a cnn has its conv layers first, then dense layers")
+            h, w = shape[1], shape[2]
+            for i, layer in enumerate(self.layers[:first_dense]):
+                h, w = conv_out_hw(h, w, layer)
+                if h < 1 or w < 1:
+                    raise ArchError(
+                        f"layers[{i}] (stride {layer.stride}, pool {layer.pool}) shrinks the "
+                        f"feature map to {h}x{w}; it must stay at least 1x1"
+                    )
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    @property
+    def arch_id(self) -> str:
+        """Stable content hash: the same network has the same id on every machine."""
+        if not self._id:
+            digest = hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+            object.__setattr__(self, "_id", digest)
+        return self._id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "input_shape": list(self.input_shape),
+            "output_size": self.output_size,
+            "output_bits": self.output_bits,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): the input of ``arch_id``."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @staticmethod
+    def from_dict(data: Any) -> ArchSpec:
+        if not isinstance(data, dict):
+            raise ArchError(f"an architecture is a JSON object, found {type(data).__name__}")
+        known = {"kind", "input_shape", "output_size", "output_bits", "layers", "arch_id"}
+        extra = set(data) - known
+        if extra:
+            raise ArchError(f"unknown architecture field(s) {sorted(extra)}; known: {sorted(known)}")
+        missing = {"kind", "input_shape", "output_size", "layers"} - set(data)
+        if missing:
+            raise ArchError(f"architecture is missing field(s) {sorted(missing)}")
+        if not isinstance(data["layers"], list):
+            raise ArchError(f"'layers' must be a list, found {type(data['layers']).__name__}")
+        if not isinstance(data["input_shape"], list | tuple):
+            raise ArchError(
+                f"'input_shape' must be a list, found {type(data['input_shape']).__name__}"
+            )
+        layers = tuple(
+            LayerSpec.from_dict(layer, where=f"layers[{i}]") for i, layer in enumerate(data["layers"])
+        )
+        spec = ArchSpec(
+            kind=data["kind"],
+            input_shape=tuple(data["input_shape"]),
+            output_size=data["output_size"],
+            layers=layers,
+            output_bits=data.get("output_bits", MAX_BITS),
+        )
+        claimed = data.get("arch_id")
+        if claimed is not None and claimed != spec.arch_id:
+            raise ArchError(
+                f"arch_id {claimed!r} does not match the content (its hash is {spec.arch_id!r})"
+            )
+        return spec
+
+    @staticmethod
+    def from_json(text: str) -> ArchSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArchError(f"not valid JSON: {exc}") from None
+        if isinstance(data, dict) and "arch" in data and isinstance(data["arch"], dict):
+            data = data["arch"]  # a wrapped record, e.g. a line of `inag generate`
+        return ArchSpec.from_dict(data)
+
+    def summary(self) -> str:
+        """Short human form, e.g. ``32@4-16@8 | head@8``."""
+        parts = []
+        for layer in self.layers:
+            if layer.kind == "conv":
+                extra = f"k{layer.kernel}" + (f"s{layer.stride}" if layer.stride > 1 else "")
+                extra += f"p{layer.pool}" if layer.pool > 1 else ""
+                parts.append(f"c{layer.width}{extra}@{layer.bits}")
+            else:
+                parts.append(f"{layer.width}@{layer.bits}")
+        return "-".join(parts) + f" | head@{self.output_bits}"
+
+
+def conv_out_hw(h: int, w: int, layer: LayerSpec) -> tuple[int, int]:
+    """Spatial size after a 'same'-padded strided conv and a floor max-pool."""
+    pad = layer.kernel // 2
+    h = (h + 2 * pad - layer.kernel) // layer.stride + 1
+    w = (w + 2 * pad - layer.kernel) // layer.stride + 1
+    return h // layer.pool, w // layer.pool
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArchError(f"{name} must be an integer, found {value!r} ({type(value).__name__})")
+    if not lo <= value <= hi:
+        raise ArchError(f"{name} must be in {lo}..{hi}, found {value}")

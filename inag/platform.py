@@ -1,0 +1,263 @@
+"""Platform descriptors: one YAML file per deployment target, validated against a schema.
+
+A descriptor says what the hardware can do (clock, memories, number containers), which hardware
+models cost it and with which parameters, which budgets a network must meet, how to measure on
+the device, and what calibration has been applied. Every hardware number is a :class:`Sourced`
+value that carries its citation and kind, so a calibrated value can replace a datasheet value
+and the replacement stays auditable. Adding a target is writing such a file; no code changes.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+SourceKind = Literal["datasheet", "paper", "isa", "source-code", "derived", "measured", "guess"]
+ROLES = {  # role in the platform file -> the quantity (with its unit) the model must return
+    "storage": "storage_bits",
+    "flash": "flash_bytes",
+    "sram": "sram_bytes",
+    "energy": "energy_j",
+    "latency": "latency_s",
+}
+
+
+class PlatformError(ValueError):
+    """A platform file is missing, malformed or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sourced(_Strict):
+    """A hardware number with its provenance (where it comes from and how it was obtained)."""
+
+    value: float
+    source: str = Field(min_length=3)
+    kind: SourceKind = "datasheet"
+
+    @field_validator("value")
+    @classmethod
+    def _finite_non_negative(cls, v: float) -> float:
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("must be a finite number")
+        if v < 0:
+            raise ValueError(f"must be >= 0, found {v}")
+        return v
+
+
+class PositiveSourced(Sourced):
+    @field_validator("value")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be > 0, found {v}")
+        return v
+
+
+class Memories(_Strict):
+    flash_bytes: PositiveSourced
+    sram_bytes: PositiveSourced
+    reserved_flash_bytes: Sourced | None = None  # runtime code, not available to the network
+    reserved_sram_bytes: Sourced | None = None  # stack, runtime state
+
+
+class Numerics(_Strict):
+    """Nominal bit-widths the kernels accept, and the containers values live in."""
+
+    supported_bits: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8])
+    weight_containers: list[int] = Field(default_factory=lambda: [8])
+    activation_containers: list[int] = Field(default_factory=lambda: [8])
+    accumulator_bits: int = 32
+
+    @field_validator("supported_bits", "weight_containers", "activation_containers")
+    @classmethod
+    def _bits_list(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 1 or b > 32 for b in v):
+            raise ValueError(f"expected a non-empty list of bit-widths in 1..32, found {v}")
+        return sorted(set(v))
+
+
+class Capability(_Strict):
+    cpu: str = ""
+    isa: str = ""
+    clock_hz: PositiveSourced
+    memories: Memories
+    numerics: Numerics = Field(default_factory=Numerics)
+
+
+class ModelChoice(_Strict):
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _default_models() -> dict[str, ModelChoice]:
+    return {"storage": ModelChoice(model="eq2_storage"), "flash": ModelChoice(model="flash"),
+            "sram": ModelChoice(model="sram_peak")}
+
+
+class Constraints(_Strict):
+    """Budgets a deployed network must meet; absent means unconstrained.
+
+    Flash and SRAM default to the platform's memories less their reserved parts.
+    """
+
+    max_flash_bytes: float | None = Field(default=None, gt=0)
+    max_sram_bytes: float | None = Field(default=None, gt=0)
+    max_storage_bits: float | None = Field(default=None, gt=0)
+    max_energy_j: float | None = Field(default=None, gt=0)
+    max_latency_s: float | None = Field(default=None, gt=0)
+    max_storage_norm: float | None = Field(default=None, gt=0)
+    max_energy_norm: float | None = Field(default=None, gt=0)
+
+
+class Rpc(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9090, ge=1, le=65535)
+    key: str | None = None
+    tracker: str | None = None  # "host:port" of a TVM RPC tracker
+
+
+class Measure(_Strict):
+    runtime: Literal["c_standalone", "tvm_local", "tvm_rpc", "onnxruntime"]
+    tvm_target: dict[str, Any] | None = None  # TVM >= 0.24 takes JSON-dict targets
+    rpc: Rpc | None = None
+    warmup: int = Field(default=2, ge=0)
+    repeats: int = Field(default=20, ge=1)
+
+    @field_validator("tvm_target")
+    @classmethod
+    def _target_has_kind(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and "kind" not in v:
+            raise ValueError("a TVM target is a dict with at least 'kind' (e.g. {kind: llvm})")
+        return v
+
+
+class Calibration(_Strict):
+    fitted_on: str | None = None  # date, git sha
+    device: str | None = None
+    source: str | None = None
+    coefficients: dict[str, float] = Field(default_factory=dict)
+    residuals: dict[str, float | None] = Field(default_factory=dict)
+
+
+class Platform(_Strict):
+    """A validated platform descriptor (``schema_version: 1``)."""
+
+    schema_version: Literal[1]
+    name: str = Field(min_length=1)
+    description: str = ""
+    kind: Literal["mcu", "cpu", "accelerator"]
+    capability: Capability
+    cost_models: dict[str, ModelChoice]
+    constraints: Constraints = Field(default_factory=Constraints)
+    measure: Measure
+    calibration: Calibration = Field(default_factory=Calibration)
+    path: str | None = Field(default=None, exclude=True)
+
+    @field_validator("cost_models")
+    @classmethod
+    def _roles(cls, v: dict[str, ModelChoice]) -> dict[str, ModelChoice]:
+        missing = {"energy", "latency"} - set(v)
+        if missing:
+            raise ValueError(f"needs models for {sorted(missing)} (roles: {sorted(ROLES)})")
+        return {**_default_models(), **v}
+
+    # -------------------------------------------------------------------- derived budgets
+    def container(self, bits: int, which: Literal["weight", "activation"]) -> int:
+        """The smallest container (bits) holding a ``bits``-wide value on this platform."""
+        pool = (self.capability.numerics.weight_containers if which == "weight"
+                else self.capability.numerics.activation_containers)
+        for c in pool:
+            if c >= bits:
+                return c
+        return bits
+
+    @property
+    def flash_budget_bytes(self) -> float:
+        c, m = self.constraints, self.capability.memories
+        if c.max_flash_bytes is not None:
+            return c.max_flash_bytes
+        return m.flash_bytes.value - (m.reserved_flash_bytes.value if m.reserved_flash_bytes
+                                      else 0.0)
+
+    @property
+    def sram_budget_bytes(self) -> float:
+        c, m = self.constraints, self.capability.memories
+        if c.max_sram_bytes is not None:
+            return c.max_sram_bytes
+        return m.sram_bytes.value - (m.reserved_sram_bytes.value if m.reserved_sram_bytes
+                                     else 0.0)
+
+
+# ---------------------------------------------------------------------------- loading
+def bundled_dir() -> Path:
+    return Path(str(resources.files("inag").joinpath("platforms")))
+
+
+def bundled_names() -> list[str]:
+    d = bundled_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        found = err.get("input")
+        found_s = repr(found) if not isinstance(found, dict) else "a mapping"
+        if len(found_s) > 60:
+            found_s = found_s[:57] + "..."
+        msg = err["msg"]
+        if err["type"] == "missing":
+            lines.append(f"  {loc}: missing (required field)")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown field (check its spelling)")
+        else:
+            lines.append(f"  {loc}: {msg}; found {found_s}")
+    return f"{source}: invalid platform descriptor:\n" + "\n".join(lines)
+
+
+def platform_from_dict(data: Any, source: str = "<dict>") -> Platform:
+    if not isinstance(data, dict):
+        raise PlatformError(f"{source}: a platform descriptor is a YAML mapping, found "
+                            f"{type(data).__name__}")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise PlatformError(f"{source}: schema_version must be {SCHEMA_VERSION}, found "
+                            f"{data.get('schema_version')!r}")
+    try:
+        return Platform.model_validate({**data, "path": source})
+    except ValidationError as exc:
+        raise PlatformError(format_validation_error(exc, source)) from None
+
+
+def resolve_platform_path(name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    path = Path(text)
+    if path.is_file():
+        return path
+    if "/" not in text and not text.endswith((".yaml", ".yml")):
+        candidate = bundled_dir() / f"{text}.yaml"
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(bundled_names()) or "(none)"
+    raise PlatformError(f"no platform {text!r}: no such file, and not a bundled name "
+                        f"(bundled: {names})")
+
+
+def load_platform(name_or_path: str | Path) -> Platform:
+    """A platform by bundled name (``cortex_m``) or by path to a YAML file."""
+    path = resolve_platform_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PlatformError(f"{path}: malformed YAML: {exc}") from None
+    except OSError as exc:
+        raise PlatformError(f"{path}: cannot read: {exc.strerror}") from None
+    return platform_from_dict(data, source=str(path))

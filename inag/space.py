@@ -1,0 +1,423 @@
+"""Search spaces: which architectures exist, how to sample them, and their vector encoding.
+
+A space is a YAML file (the bundled ``mlp`` and ``cnn`` live in ``inag/spaces/``). It holds one
+or two *blocks* of layers — ``conv`` then ``dense`` for a CNN, ``dense`` for an MLP — each with a
+depth range and its choices, plus the bit-width choices shared by every layer.
+
+The encoding is a fixed-length float vector in [0, 1]^d, the language of the encoder and NAGAN:
+for every slot of every block ``[mask, width, bits, (kernel, stride, pool)]``, each choice as its
+ordinal position ``index / (n - 1)``. ``decode`` accepts *any* real vector and always returns a
+valid architecture of the space: values are clipped, rounded to the nearest choice, the depth is
+the number of masks above 0.5 clamped to the block's range (the highest-mask slots win), and a
+conv stack that would shrink the feature map below 1x1 gets its pools, then strides, reduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from inag.arch import MAX_BITS, MIN_BITS, ArchError, ArchSpec, LayerSpec, conv_out_hw
+
+
+class SpaceError(ValueError):
+    """A search-space file is invalid, or an architecture is outside the space."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A run of same-kind layers with its depth range and per-layer choices."""
+
+    kind: str  # "dense" | "conv"
+    min_depth: int
+    max_depth: int
+    widths: tuple[int, ...]
+    kernels: tuple[int, ...] = (1,)
+    strides: tuple[int, ...] = (1,)
+    pools: tuple[int, ...] = (1,)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return ("width", "kernel", "stride", "pool") if self.kind == "conv" else ("width",)
+
+    def choices(self, name: str) -> tuple[int, ...]:
+        return {"width": self.widths, "kernel": self.kernels, "stride": self.strides,
+                "pool": self.pools}[name]
+
+    @property
+    def slot_len(self) -> int:
+        return 2 + len(self.fields)  # mask, bits, fields
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A bounded space of quantized architectures for one input shape and output size."""
+
+    name: str
+    kind: str  # "mlp" | "cnn"
+    blocks: tuple[Block, ...]
+    bits: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    output_size: int
+    output_bits: int = MAX_BITS
+    description: str = ""
+
+    # ------------------------------------------------------------------ construction
+    def bind(self, input_shape: Sequence[int], output_size: int) -> SearchSpace:
+        """The same space for a task's input shape and output size."""
+        shape = tuple(int(d) for d in input_shape)
+        if self.kind == "cnn" and len(shape) != 3:
+            raise SpaceError(f"space {self.name!r} is a cnn and needs (C, H, W) input, got {shape}")
+        if self.kind == "mlp":
+            shape = (math.prod(shape),)
+        return dataclasses.replace(self, input_shape=shape, output_size=int(output_size))
+
+    @property
+    def dim(self) -> int:
+        """Length of the encoded vector."""
+        return sum(b.max_depth * b.slot_len for b in self.blocks)
+
+    def feature_names(self) -> list[str]:
+        names = []
+        for b in self.blocks:
+            for s in range(b.max_depth):
+                names += [f"{b.kind}{s}.{f}" for f in ("mask", "bits", *b.fields)]
+        return names
+
+    # ------------------------------------------------------------------ size / membership
+    def size(self) -> int:
+        """Exact number of distinct architectures in the space."""
+        nb = len(self.bits)
+        if self.kind == "mlp":
+            (b,) = self.blocks
+            per = len(b.widths) * nb
+            return sum(per**d for d in range(b.min_depth, b.max_depth + 1))
+        conv, dense = self.blocks
+        # Count conv stacks by DP over the spatial size they leave; every stack that keeps the
+        # map at least 1x1 is valid.
+        _, h, w = self.input_shape
+        counts: dict[tuple[int, int], int] = {(h, w): 1}
+        n_conv = 0
+        per_width = len(conv.widths) * nb
+        for depth in range(1, conv.max_depth + 1):
+            nxt: dict[tuple[int, int], int] = {}
+            for (hh, ww), c in counts.items():
+                for k in conv.kernels:
+                    for s in conv.strides:
+                        for p in conv.pools:
+                            oh, ow = conv_out_hw(hh, ww, LayerSpec(1, MIN_BITS, "conv", k, s, p))
+                            if oh >= 1 and ow >= 1:
+                                nxt[(oh, ow)] = nxt.get((oh, ow), 0) + c * per_width
+            counts = nxt
+            if depth >= conv.min_depth:
+                n_conv += sum(counts.values())
+        per_dense = len(dense.widths) * nb
+        n_dense = sum(per_dense**d for d in range(dense.min_depth, dense.max_depth + 1))
+        return n_conv * n_dense
+
+    def contains(self, arch: ArchSpec) -> bool:
+        return not self.why_not(arch)
+
+    def why_not(self, arch: ArchSpec) -> str:
+        """Empty if ``arch`` is in the space, else the first reason it is not."""
+        if arch.kind != self.kind:
+            return f"kind is {arch.kind!r}, the space {self.name!r} holds {self.kind!r}"
+        if tuple(arch.input_shape) != self.input_shape:
+            return f"input_shape {arch.input_shape} differs from the space's {self.input_shape}"
+        if arch.output_size != self.output_size:
+            return f"output_size {arch.output_size} differs from the space's {self.output_size}"
+        if arch.output_bits != self.output_bits:
+            return f"output_bits {arch.output_bits} differs from the space's {self.output_bits}"
+        start = 0
+        for b in self.blocks:
+            n = 0
+            for layer in arch.layers[start:]:
+                if layer.kind != b.kind:
+                    break
+                n += 1
+            run = arch.layers[start : start + n]
+            if not b.min_depth <= n <= b.max_depth:
+                return f"{n} {b.kind} layers; the space allows {b.min_depth}..{b.max_depth}"
+            for i, layer in enumerate(run, start):
+                if layer.bits not in self.bits:
+                    return f"layers[{i}].bits={layer.bits} not in {list(self.bits)}"
+                for f in b.fields:
+                    if getattr(layer, f) not in b.choices(f):
+                        return f"layers[{i}].{f}={getattr(layer, f)} not in {list(b.choices(f))}"
+            start += n
+        if start != len(arch.layers):
+            return f"layers[{start}] ({arch.layers[start].kind}) is not allowed after that"
+        return ""
+
+    def check(self, arch: ArchSpec) -> ArchSpec:
+        reason = self.why_not(arch)
+        if reason:
+            raise SpaceError(f"architecture {arch.summary()} is outside space {self.name!r}: "
+                             f"{reason}")
+        return arch
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, rng: np.random.Generator) -> ArchSpec:
+        """One architecture: depth uniform in each block's range, every choice uniform.
+
+        Uniform depth (not uniform over points) keeps shallow nets from vanishing next to the
+        far more numerous deep ones, so a dataset covers low to high capacity.
+        """
+        layers: list[LayerSpec] = []
+        for b in self.blocks:
+            depth = int(rng.integers(b.min_depth, b.max_depth + 1))
+            for _ in range(depth):
+                kw = {f: int(rng.choice(b.choices(f))) for f in b.fields}
+                bits = int(rng.choice(self.bits))
+                layers.append(_layer(b.kind, bits, kw))
+        return self._build(self._fit_spatial(layers))
+
+    def sample_many(self, rng: np.random.Generator, n: int, unique: bool = True,
+                    exclude: set[str] | None = None, max_tries: int | None = None
+                    ) -> list[ArchSpec]:
+        """``n`` samples; with ``unique`` no arch_id repeats (nor any in ``exclude``)."""
+        seen = set(exclude or ())
+        out: list[ArchSpec] = []
+        tries = 0
+        limit = max_tries if max_tries is not None else 50 * n + 1000
+        while len(out) < n:
+            tries += 1
+            if tries > limit:
+                raise SpaceError(f"could only draw {len(out)} distinct architectures of {n} "
+                                 f"from space {self.name!r} (size {self.size()})")
+            arch = self.sample(rng)
+            if unique:
+                if arch.arch_id in seen:
+                    continue
+                seen.add(arch.arch_id)
+            out.append(arch)
+        return out
+
+    def largest(self) -> ArchSpec:
+        """Every block at max depth, max width, max bits, max kernel, no stride, no pool."""
+        layers = []
+        for b in self.blocks:
+            kw = {"width": max(b.widths)}
+            if b.kind == "conv":
+                kw |= {"kernel": max(b.kernels), "stride": min(b.strides), "pool": min(b.pools)}
+            layers += [_layer(b.kind, max(self.bits), kw) for _ in range(b.max_depth)]
+        return self._build(layers)
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, arch: ArchSpec) -> np.ndarray:
+        self.check(arch)
+        vec = np.zeros(self.dim, dtype=np.float32)
+        pos = 0
+        start = 0
+        for b in self.blocks:
+            n = 0
+            while start + n < len(arch.layers) and arch.layers[start + n].kind == b.kind:
+                n += 1
+            for s in range(b.max_depth):
+                if s < n:
+                    layer = arch.layers[start + s]
+                    vec[pos] = 1.0
+                    vec[pos + 1] = _ordinal(self.bits, layer.bits)
+                    for j, f in enumerate(b.fields):
+                        vec[pos + 2 + j] = _ordinal(b.choices(f), getattr(layer, f))
+                pos += b.slot_len
+            start += n
+        return vec
+
+    def encode_many(self, archs: Sequence[ArchSpec]) -> np.ndarray:
+        if not archs:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self.encode(a) for a in archs])
+
+    def decode(self, vector: Sequence[float] | np.ndarray) -> ArchSpec:
+        return self.decode_many(np.asarray(vector, dtype=np.float64)[None, :])[0]
+
+    def decode_many(self, matrix: np.ndarray) -> list[ArchSpec]:
+        """Vectorized decode of a (n, dim) matrix; every row gives a valid architecture."""
+        m = np.asarray(matrix, dtype=np.float64)
+        if m.ndim != 2 or m.shape[1] != self.dim:
+            raise SpaceError(f"expected a (n, {self.dim}) matrix for space {self.name!r}, "
+                             f"found shape {m.shape}")
+        m = np.clip(np.nan_to_num(m, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        n = m.shape[0]
+        per_block = []
+        pos = 0
+        for b in self.blocks:
+            sl = m[:, pos : pos + b.max_depth * b.slot_len].reshape(n, b.max_depth, b.slot_len)
+            pos += b.max_depth * b.slot_len
+            masks = sl[:, :, 0]
+            depth = np.clip((masks > 0.5).sum(1), b.min_depth, b.max_depth)
+            # rank slots by mask (stable: earlier slot wins ties), keep the top `depth`
+            order = np.argsort(-masks, axis=1, kind="stable")
+            rank = np.empty_like(order)
+            np.put_along_axis(rank, order, np.arange(b.max_depth)[None, :].repeat(n, 0), 1)
+            active = rank < depth[:, None]
+            bits = np.asarray(self.bits)[_index(sl[:, :, 1], len(self.bits))]
+            fields = {f: np.asarray(b.choices(f))[_index(sl[:, :, 2 + j], len(b.choices(f)))]
+                      for j, f in enumerate(b.fields)}
+            per_block.append((b, active, bits, fields))
+        out = []
+        for r in range(n):
+            layers: list[LayerSpec] = []
+            for b, active, bits, fields in per_block:
+                for s in np.flatnonzero(active[r]):
+                    kw = {f: int(v[r, s]) for f, v in fields.items()}
+                    layers.append(_layer(b.kind, int(bits[r, s]), kw))
+            out.append(self._build(self._fit_spatial(layers)))
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _build(self, layers: list[LayerSpec]) -> ArchSpec:
+        return ArchSpec(kind=self.kind, input_shape=self.input_shape,  # type: ignore[arg-type]
+                        output_size=self.output_size, layers=tuple(layers),
+                        output_bits=self.output_bits)
+
+    def _fit_spatial(self, layers: list[LayerSpec]) -> list[LayerSpec]:
+        """Reduce pools, then strides, of conv layers whose map would shrink below 1x1."""
+        if self.kind != "cnn":
+            return layers
+        conv = self.blocks[0]
+        h, w = self.input_shape[1], self.input_shape[2]
+        fixed = []
+        for layer in layers:
+            if layer.kind == "conv":
+                oh, ow = conv_out_hw(h, w, layer)
+                if oh < 1 or ow < 1:
+                    for pool in sorted(conv.pools, reverse=True):
+                        for stride in sorted(conv.strides, reverse=True):
+                            cand = dataclasses.replace(layer, pool=pool, stride=stride)
+                            oh, ow = conv_out_hw(h, w, cand)
+                            if oh >= 1 and ow >= 1:
+                                break
+                        if oh >= 1 and ow >= 1:
+                            break
+                    layer = cand
+                h, w = oh, ow
+            fixed.append(layer)
+        return fixed
+
+
+def _layer(kind: str, bits: int, kw: dict[str, int]) -> LayerSpec:
+    return LayerSpec(kind=kind, bits=bits, **kw)  # type: ignore[arg-type]
+
+
+def _ordinal(choices: Sequence[int], value: int) -> float:
+    return 0.0 if len(choices) == 1 else choices.index(value) / (len(choices) - 1)
+
+
+def _index(values: np.ndarray, n: int) -> np.ndarray:
+    return np.clip(np.rint(values * (n - 1)), 0, n - 1).astype(np.int64)
+
+
+# ---------------------------------------------------------------------- loading
+BUNDLED_SPACES = ("mlp", "cnn")
+
+
+def _int_list(data: dict, key: str, where: str, lo: int, hi: int) -> tuple[int, ...]:
+    vals = data.get(key)
+    if not isinstance(vals, list) or not vals:
+        raise SpaceError(f"{where}.{key}: expected a non-empty list of integers, found {vals!r}")
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise SpaceError(f"{where}.{key}: expected integers in {lo}..{hi}, found {v!r}")
+    if len(set(vals)) != len(vals):
+        raise SpaceError(f"{where}.{key}: duplicate choices in {vals}")
+    return tuple(sorted(vals))
+
+
+def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
+    if not isinstance(data, dict):
+        raise SpaceError(f"{source}: a search space is a YAML mapping, found {type(data).__name__}")
+    if data.get("schema_version") != 1:
+        raise SpaceError(f"{source}: schema_version must be 1, found "
+                         f"{data.get('schema_version')!r}")
+    kind = data.get("kind")
+    if kind not in ("mlp", "cnn"):
+        raise SpaceError(f"{source}: kind must be 'mlp' or 'cnn', found {kind!r}")
+    bits = _int_list(data, "bits", source, MIN_BITS, MAX_BITS)
+    block_names = ("dense",) if kind == "mlp" else ("conv", "dense")
+    blocks = []
+    for name in block_names:
+        where = f"{source}: {name}"
+        bd = data.get(name)
+        if not isinstance(bd, dict):
+            raise SpaceError(f"{where}: missing section (a {kind} space needs {list(block_names)})")
+        lo_default = 1 if (name == "dense" and kind == "mlp") or name == "conv" else 0
+        min_d = bd.get("min_depth", lo_default)
+        max_d = bd.get("max_depth")
+        if not isinstance(max_d, int) or not isinstance(min_d, int) or not 0 <= min_d <= max_d:
+            raise SpaceError(f"{where}: need integers 0 <= min_depth <= max_depth, found "
+                             f"{min_d!r}..{max_d!r}")
+        if min_d < lo_default:
+            raise SpaceError(f"{where}: min_depth must be at least {lo_default}, found {min_d}")
+        key = "channels" if name == "conv" else "widths"
+        kw: dict[str, Any] = {"widths": _int_list(bd, key, where, 1, 1 << 16)}
+        if name == "conv":
+            kw["kernels"] = _int_list(bd, "kernels", where, 1, 15)
+            if any(k % 2 == 0 for k in kw["kernels"]):
+                raise SpaceError(f"{where}.kernels: must be odd, found {list(kw['kernels'])}")
+            kw["strides"] = _int_list(bd, "strides", where, 1, 8) if "strides" in bd else (1,)
+            kw["pools"] = _int_list(bd, "pools", where, 1, 8) if "pools" in bd else (1,)
+            if 1 not in kw["strides"] or 1 not in kw["pools"]:
+                raise SpaceError(f"{where}: strides and pools must include 1 (so any stack can "
+                                 "be kept at least 1x1)")
+        blocks.append(Block(kind=name, min_depth=min_d, max_depth=max_d, **kw))
+    shape = data.get("input_shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise SpaceError(f"{source}: input_shape must be a list of positive integers, "
+                         f"found {shape!r}")
+    out_size = data.get("output_size")
+    if not isinstance(out_size, int) or out_size < 1:
+        raise SpaceError(f"{source}: output_size must be a positive integer, found {out_size!r}")
+    space = SearchSpace(
+        name=str(data.get("name", Path(source).stem)), kind=kind, blocks=tuple(blocks),
+        bits=bits, input_shape=tuple(shape), output_size=out_size,
+        output_bits=int(data.get("output_bits", MAX_BITS)),
+        description=str(data.get("description", "")),
+    )
+    try:
+        space.largest()
+    except ArchError as exc:
+        raise SpaceError(f"{source}: the space's largest architecture is invalid: {exc}") from None
+    return space.bind(space.input_shape, space.output_size)
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """A bundled space by name (``mlp``, ``cnn``) or a YAML file by path."""
+    text_source = str(name_or_path)
+    if text_source in BUNDLED_SPACES:
+        text = resources.files("inag").joinpath(f"spaces/{text_source}.yaml").read_text()
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SpaceError(f"no search space {text_source!r}: not a bundled name "
+                             f"({', '.join(BUNDLED_SPACES)}) and no such file")
+        text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{text_source}: malformed YAML: {exc}") from None
+    return space_from_dict(data, source=text_source)
+
+
+def largest_for(arch: ArchSpec) -> ArchSpec:
+    """The normalization reference of ``arch``: the largest architecture of the bundled space
+    of its kind, bound to its input shape and output size (the paper's Table 3 convention)."""
+    return _bundled(arch.kind).bind(arch.input_shape, arch.output_size).largest()
+
+
+_BUNDLED_CACHE: dict[str, SearchSpace] = {}
+
+
+def _bundled(name: str) -> SearchSpace:
+    if name not in _BUNDLED_CACHE:
+        _BUNDLED_CACHE[name] = load_space(name)
+    return _BUNDLED_CACHE[name]
