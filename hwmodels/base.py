@@ -73,14 +73,18 @@ class HardwareModel(ABC):
     def layer_cost(self, table: LayerTable) -> np.ndarray:
         out = np.asarray(self._layer_cost(table), dtype=np.float64)
         if out.shape != table.mask.shape:
-            raise HardwareModelError(f"model {self.name!r} returned shape {out.shape}, "
-                                     f"expected {table.mask.shape} (archs x units)")
+            raise HardwareModelError(
+                f"model {self.name!r} returned shape {out.shape}, "
+                f"expected {table.mask.shape} (archs x units)"
+            )
         out = np.where(table.mask, out, 0.0)
         bad = ~np.isfinite(out) | (out < 0)
         if bad.any():
             a, u = np.argwhere(bad)[0]
-            raise HardwareModelError(f"model {self.name!r} returned {out[a, u]!r} for unit {u} "
-                                     f"of arch {a}: {self.quantity} must be finite and >= 0")
+            raise HardwareModelError(
+                f"model {self.name!r} returned {out[a, u]!r} for unit {u} "
+                f"of arch {a}: {self.quantity} must be finite and >= 0"
+            )
         return out
 
     def total(self, table: LayerTable) -> np.ndarray:
@@ -88,8 +92,9 @@ class HardwareModel(ABC):
         agg = per.max(axis=1) if self.reduce == "max" else per.sum(axis=1)
         overhead = float(self._network_overhead())
         if not np.isfinite(overhead) or overhead < 0:
-            raise HardwareModelError(f"model {self.name!r} network overhead {overhead!r} must "
-                                     "be finite and >= 0")
+            raise HardwareModelError(
+                f"model {self.name!r} network overhead {overhead!r} must be finite and >= 0"
+            )
         return agg + overhead
 
     def node_cost(self, node: Mapping[str, Any]) -> float:

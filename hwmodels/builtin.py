@@ -125,8 +125,9 @@ class MacEnergy(HardwareModel):
             wbits = t.weights * _weight_bits(self, t, p.weight_storage) + t.biases * 32
             e = e + wbits * p.weight_read_pj_per_bit.value
         if p.act_access_pj_per_bit:
-            abits = (t.fmap_in * _containers(self, t.in_bits, "activation")
-                     + t.fmap * _containers(self, t.out_bits, "activation"))
+            abits = t.fmap_in * _containers(self, t.in_bits, "activation") + t.fmap * _containers(
+                self, t.out_bits, "activation"
+            )
             e = e + abits * p.act_access_pj_per_bit.value
         return e * PJ
 
@@ -153,8 +154,11 @@ class RooflineLatency(HardwareModel):
         p: RooflineParams = self.params  # type: ignore[assignment]
 
         def lut(tab: dict[int, PositiveSourced], which: str) -> np.ndarray:
-            return per_width({b: v.value for b, v in tab.items()}, p.scaling,
-                             lambda b: platform.container(b, which))  # type: ignore[arg-type]
+            return per_width(
+                {b: v.value for b, v in tab.items()},
+                p.scaling,
+                lambda b: platform.container(b, which),
+            )  # type: ignore[arg-type]
 
         conv = p.conv_macs_per_cycle or p.macs_per_cycle
         self._dense = (lut(p.macs_per_cycle, "weight"), lut(p.macs_per_cycle, "activation"))
@@ -163,12 +167,18 @@ class RooflineLatency(HardwareModel):
 
     def _layer_cost(self, t: LayerTable) -> np.ndarray:
         p: RooflineParams = self.params  # type: ignore[assignment]
-        thr = np.where(t.is_conv, mixed(*self._conv, t.bits, t.in_bits),
-                       mixed(*self._dense, t.bits, t.in_bits))
+        thr = np.where(
+            t.is_conv,
+            mixed(*self._conv, t.bits, t.in_bits),
+            mixed(*self._dense, t.bits, t.in_bits),
+        )
         compute = t.macs / np.maximum(thr, 1e-30)
-        nbytes = (t.weights * _weight_bits(self, t, p.weight_storage) + t.biases * 32
-                  + t.fmap_in * _containers(self, t.in_bits, "activation")
-                  + t.fmap * _containers(self, t.out_bits, "activation")) / 8
+        nbytes = (
+            t.weights * _weight_bits(self, t, p.weight_storage)
+            + t.biases * 32
+            + t.fmap_in * _containers(self, t.in_bits, "activation")
+            + t.fmap * _containers(self, t.out_bits, "activation")
+        ) / 8
         memory = nbytes / p.mem_bytes_per_cycle.value
         fixed = p.overhead_cycles_per_layer.value if p.overhead_cycles_per_layer else 0.0
         return (np.maximum(compute, memory) + fixed) / self._clock
@@ -180,4 +190,9 @@ class RooflineLatency(HardwareModel):
 
 
 BUILTIN_MODELS: tuple[type[HardwareModel], ...] = (
-    Eq2Storage, Flash, SramPeak, MacEnergy, RooflineLatency)
+    Eq2Storage,
+    Flash,
+    SramPeak,
+    MacEnergy,
+    RooflineLatency,
+)

@@ -56,8 +56,12 @@ class CostResult:
 class PlatformCoster:
     """The platform's hardware models, ready to cost architectures."""
 
-    def __init__(self, platform: Platform, models: dict[str, HardwareModel] | None = None,
-                 reference: Callable[[ArchSpec], ArchSpec] | None = None):
+    def __init__(
+        self,
+        platform: Platform,
+        models: dict[str, HardwareModel] | None = None,
+        reference: Callable[[ArchSpec], ArchSpec] | None = None,
+    ):
         """``reference`` maps an architecture to the largest one of its search space (the
         normalization reference); without it normalized values are NaN."""
         self.platform = platform
@@ -75,8 +79,7 @@ class PlatformCoster:
         per_layer = {r: m.layer_cost(table) for r, m in self.models.items()}
         totals = {r: self._total(m, per_layer[r]) for r, m in self.models.items()}
         refs = [self._reference_totals(a) for a in archs]
-        reference = {r: np.array([ref[r] for ref in refs], dtype=np.float64)
-                     for r in self.models}
+        reference = {r: np.array([ref[r] for ref in refs], dtype=np.float64) for r in self.models}
         return CostResult(self.platform.name, archs, table, per_layer, totals, reference)
 
     def limits(self, overrides: dict[str, float | None] | None = None) -> dict[str, float]:
@@ -98,7 +101,7 @@ class PlatformCoster:
 
     def cost_graph(self, graph: nx.DiGraph) -> nx.DiGraph:
         """The per-node path: annotate every conv/dense node of ``graph`` with its costs."""
-        for role, model in self.models.items():
+        for model in self.models.values():
             cost_pass(model)(graph)
         return graph
 
@@ -115,8 +118,9 @@ class PlatformCoster:
                 self._ref_cache[key] = {r: float("nan") for r in self.models}
             else:
                 table = layer_table_many([self._reference(arch)])
-                self._ref_cache[key] = {r: float(m.total(table)[0])
-                                        for r, m in self.models.items()}
+                self._ref_cache[key] = {
+                    r: float(m.total(table)[0]) for r, m in self.models.items()
+                }
         return self._ref_cache[key]
 
 

@@ -33,12 +33,18 @@ def _registry() -> dict[str, type[HardwareModel]]:
         try:
             cls = ep.load()
         except Exception as exc:  # noqa: BLE001 - any import failure of a plug-in
-            warnings.warn(f"hardware-model plug-in {ep.name!r} ({ep.value}) failed to load and "
-                          f"is skipped: {type(exc).__name__}: {exc}", stacklevel=2)
+            warnings.warn(
+                f"hardware-model plug-in {ep.name!r} ({ep.value}) failed to load and "
+                f"is skipped: {type(exc).__name__}: {exc}",
+                stacklevel=2,
+            )
             continue
         if not (isinstance(cls, type) and issubclass(cls, HardwareModel)):
-            warnings.warn(f"hardware-model plug-in {ep.name!r} ({ep.value}) is not a "
-                          "HardwareModel subclass and is skipped", stacklevel=2)
+            warnings.warn(
+                f"hardware-model plug-in {ep.name!r} ({ep.value}) is not a "
+                "HardwareModel subclass and is skipped",
+                stacklevel=2,
+            )
             continue
         name = getattr(cls, "name", ep.name)
         if name in models:
@@ -63,8 +69,9 @@ def available_models() -> dict[str, type[HardwareModel]]:
 def get_model_class(name: str) -> type[HardwareModel]:
     reg = _registry()
     if name not in reg:
-        raise HardwareModelError(f"unknown hardware model {name!r}; available: "
-                                 f"{', '.join(sorted(reg))}")
+        raise HardwareModelError(
+            f"unknown hardware model {name!r}; available: {', '.join(sorted(reg))}"
+        )
     return reg[name]
 
 

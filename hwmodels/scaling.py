@@ -24,8 +24,7 @@ LAWS: dict[str, float] = {"quadratic": 2.0, "linear": 1.0, "inverse_quadratic": 
 SCALING_LAWS = ("flat_container", *LAWS)
 
 
-def per_width(table: Mapping[int, float], law: str,
-              container: Callable[[int], int]) -> np.ndarray:
+def per_width(table: Mapping[int, float], law: str, container: Callable[[int], int]) -> np.ndarray:
     """The figure for nominal widths 0..32 as a lookup array (index = nominal bits).
 
     A nominal width runs at its container width ``e`` (a 3-bit value on 2/4/8-bit bricks runs
@@ -52,7 +51,8 @@ def per_width(table: Mapping[int, float], law: str,
     return out
 
 
-def mixed(lookup_w: np.ndarray, lookup_a: np.ndarray, w_bits: np.ndarray,
-          a_bits: np.ndarray) -> np.ndarray:
+def mixed(
+    lookup_w: np.ndarray, lookup_a: np.ndarray, w_bits: np.ndarray, a_bits: np.ndarray
+) -> np.ndarray:
     """Figure for weight width ``w_bits`` times activation width ``a_bits`` (geometric mean)."""
     return np.sqrt(lookup_w[np.clip(w_bits, 0, 32)] * lookup_a[np.clip(a_bits, 0, 32)])

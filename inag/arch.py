@@ -164,7 +164,9 @@ class ArchSpec:
         known = {"kind", "input_shape", "output_size", "output_bits", "layers", "arch_id"}
         extra = set(data) - known
         if extra:
-            raise ArchError(f"unknown architecture field(s) {sorted(extra)}; known: {sorted(known)}")
+            raise ArchError(
+                f"unknown architecture field(s) {sorted(extra)}; known: {sorted(known)}"
+            )
         missing = {"kind", "input_shape", "output_size", "layers"} - set(data)
         if missing:
             raise ArchError(f"architecture is missing field(s) {sorted(missing)}")
@@ -175,7 +177,8 @@ class ArchSpec:
                 f"'input_shape' must be a list, found {type(data['input_shape']).__name__}"
             )
         layers = tuple(
-            LayerSpec.from_dict(layer, where=f"layers[{i}]") for i, layer in enumerate(data["layers"])
+            LayerSpec.from_dict(layer, where=f"layers[{i}]")
+            for i, layer in enumerate(data["layers"])
         )
         spec = ArchSpec(
             kind=data["kind"],

@@ -48,8 +48,10 @@ class Pass:
         facts: set[str] = graph.graph.setdefault("facts", set())
         missing = self.requires - facts
         if missing:
-            raise IRError(f"pass {self.name!r} requires {sorted(missing)}; the graph has "
-                          f"{sorted(facts)} (run the passes that ensure them first)")
+            raise IRError(
+                f"pass {self.name!r} requires {sorted(missing)}; the graph has "
+                f"{sorted(facts)} (run the passes that ensure them first)"
+            )
         self.run(graph)
         facts |= self.ensures
         return graph
@@ -71,8 +73,9 @@ def _infer_shapes(graph: nx.DiGraph) -> None:
             node["in_shape"] = shape
             if op == "conv":
                 c, h, w = shape
-                oh, ow = conv_out_hw(h, w, LayerSpec(1, 8, "conv", node["kernel"],
-                                                     node["stride"], 1))
+                oh, ow = conv_out_hw(
+                    h, w, LayerSpec(1, 8, "conv", node["kernel"], node["stride"], 1)
+                )
                 shape = (node["channels"], oh, ow)
             elif op == "maxpool":
                 c, h, w = shape
@@ -134,15 +137,29 @@ def lower(arch: ArchSpec, passes: Sequence[Pass] = STANDARD_PASSES) -> nx.DiGrap
     for i, layer in enumerate(arch.layers):
         common = {"unit": i, "bits": layer.bits}
         if layer.kind == "conv":
-            add(f"L{i}.conv", op="conv", channels=layer.width, kernel=layer.kernel,
-                stride=layer.stride, pad=layer.kernel // 2, in_bits=in_bits,
-                out_bits=layer.bits, **common)
+            add(
+                f"L{i}.conv",
+                op="conv",
+                channels=layer.width,
+                kernel=layer.kernel,
+                stride=layer.stride,
+                pad=layer.kernel // 2,
+                in_bits=in_bits,
+                out_bits=layer.bits,
+                **common,
+            )
         else:
             if not flattened:
                 add("flatten", op="flatten", bits=in_bits, unit=-1)
                 flattened = True
-            add(f"L{i}.dense", op="dense", units=layer.width, in_bits=in_bits,
-                out_bits=layer.bits, **common)
+            add(
+                f"L{i}.dense",
+                op="dense",
+                units=layer.width,
+                in_bits=in_bits,
+                out_bits=layer.bits,
+                **common,
+            )
         units[i] = [order[-1]]
         add(f"L{i}.relu", op="relu", **common)
         units[i].append(order[-1])
@@ -153,8 +170,15 @@ def lower(arch: ArchSpec, passes: Sequence[Pass] = STANDARD_PASSES) -> nx.DiGrap
     head = len(arch.layers)
     if not flattened:
         add("flatten", op="flatten", bits=in_bits, unit=-1)
-    add("head.dense", op="dense", units=arch.output_size, in_bits=in_bits, out_bits=ACC_BITS,
-        unit=head, bits=arch.output_bits)
+    add(
+        "head.dense",
+        op="dense",
+        units=arch.output_size,
+        in_bits=in_bits,
+        out_bits=ACC_BITS,
+        unit=head,
+        bits=arch.output_bits,
+    )
     units[head] = [order[-1]]
     add("output", op="output", bits=ACC_BITS, unit=-1)
     g.graph["facts"].add("lowered")
@@ -189,8 +213,10 @@ def verify(graph: nx.DiGraph) -> None:
     if "shapes" in facts:
         for a, b in graph.edges:
             if graph.nodes[a]["out_shape"] != graph.nodes[b]["in_shape"]:
-                raise IRError(f"shape mismatch on edge {a} -> {b}: "
-                              f"{graph.nodes[a]['out_shape']} vs {graph.nodes[b]['in_shape']}")
+                raise IRError(
+                    f"shape mismatch on edge {a} -> {b}: "
+                    f"{graph.nodes[a]['out_shape']} vs {graph.nodes[b]['in_shape']}"
+                )
         for name in order:
             if any(d < 1 for d in graph.nodes[name]["out_shape"]):
                 raise IRError(f"node {name}: empty output shape {graph.nodes[name]['out_shape']}")
@@ -215,8 +241,17 @@ def verify(graph: nx.DiGraph) -> None:
 
 
 # ---------------------------------------------------------------------------- batch path
-TABLE_FIELDS = ("macs", "weights", "biases", "fmap_in", "fmap", "bits", "in_bits", "out_bits",
-                "is_conv")
+TABLE_FIELDS = (
+    "macs",
+    "weights",
+    "biases",
+    "fmap_in",
+    "fmap",
+    "bits",
+    "in_bits",
+    "out_bits",
+    "is_conv",
+)
 
 
 @dataclass(frozen=True)
@@ -282,13 +317,25 @@ def arch_rows(arch: ArchSpec) -> list[tuple[int, ...]]:
             fmap_in = n_in
             shape = (layer.width,)
             conv = 0
-        rows.append((macs, weights, layer.width, fmap_in, math.prod(shape), layer.bits, in_bits,
-                     layer.bits, conv))
+        rows.append(
+            (
+                macs,
+                weights,
+                layer.width,
+                fmap_in,
+                math.prod(shape),
+                layer.bits,
+                in_bits,
+                layer.bits,
+                conv,
+            )
+        )
         in_bits = layer.bits
     n_in = math.prod(shape)
     n_out = arch.output_size
-    rows.append((n_in * n_out, n_in * n_out, n_out, n_in, n_out, arch.output_bits, in_bits,
-                 ACC_BITS, 0))
+    rows.append(
+        (n_in * n_out, n_in * n_out, n_out, n_in, n_out, arch.output_bits, in_bits, ACC_BITS, 0)
+    )
     return rows
 
 
@@ -305,8 +352,17 @@ def layer_table(graph: nx.DiGraph) -> LayerTable:
 
 
 def node_row(node: dict) -> tuple[int, ...]:
-    return (node["macs"], node["weights"], node["biases"], node["fmap_in"], node["fmap"],
-            node["bits"], node["in_bits"], node["out_bits"], int(node["op"] == "conv"))
+    return (
+        node["macs"],
+        node["weights"],
+        node["biases"],
+        node["fmap_in"],
+        node["fmap"],
+        node["bits"],
+        node["in_bits"],
+        node["out_bits"],
+        int(node["op"] == "conv"),
+    )
 
 
 def compute_nodes(graph: nx.DiGraph) -> list[str]:

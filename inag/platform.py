@@ -55,9 +55,9 @@ class Sourced(_Strict):
 class PositiveSourced(Sourced):
     @field_validator("value")
     @classmethod
-    def _positive(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError(f"must be > 0, found {v}")
+    def _finite_non_negative(cls, v: float) -> float:  # overrides: strictly positive
+        if v != v or v in (float("inf"), float("-inf")) or v <= 0:
+            raise ValueError(f"must be a finite number > 0, found {v}")
         return v
 
 
@@ -98,8 +98,11 @@ class ModelChoice(_Strict):
 
 
 def _default_models() -> dict[str, ModelChoice]:
-    return {"storage": ModelChoice(model="eq2_storage"), "flash": ModelChoice(model="flash"),
-            "sram": ModelChoice(model="sram_peak")}
+    return {
+        "storage": ModelChoice(model="eq2_storage"),
+        "flash": ModelChoice(model="flash"),
+        "sram": ModelChoice(model="sram_peak"),
+    }
 
 
 class Constraints(_Strict):
@@ -172,8 +175,11 @@ class Platform(_Strict):
     # -------------------------------------------------------------------- derived budgets
     def container(self, bits: int, which: Literal["weight", "activation"]) -> int:
         """The smallest container (bits) holding a ``bits``-wide value on this platform."""
-        pool = (self.capability.numerics.weight_containers if which == "weight"
-                else self.capability.numerics.activation_containers)
+        pool = (
+            self.capability.numerics.weight_containers
+            if which == "weight"
+            else self.capability.numerics.activation_containers
+        )
         for c in pool:
             if c >= bits:
                 return c
@@ -184,16 +190,16 @@ class Platform(_Strict):
         c, m = self.constraints, self.capability.memories
         if c.max_flash_bytes is not None:
             return c.max_flash_bytes
-        return m.flash_bytes.value - (m.reserved_flash_bytes.value if m.reserved_flash_bytes
-                                      else 0.0)
+        return m.flash_bytes.value - (
+            m.reserved_flash_bytes.value if m.reserved_flash_bytes else 0.0
+        )
 
     @property
     def sram_budget_bytes(self) -> float:
         c, m = self.constraints, self.capability.memories
         if c.max_sram_bytes is not None:
             return c.max_sram_bytes
-        return m.sram_bytes.value - (m.reserved_sram_bytes.value if m.reserved_sram_bytes
-                                     else 0.0)
+        return m.sram_bytes.value - (m.reserved_sram_bytes.value if m.reserved_sram_bytes else 0.0)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -214,7 +220,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         found_s = repr(found) if not isinstance(found, dict) else "a mapping"
         if len(found_s) > 60:
             found_s = found_s[:57] + "..."
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             lines.append(f"  {loc}: missing (required field)")
         elif err["type"] == "extra_forbidden":
@@ -226,11 +232,14 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 def platform_from_dict(data: Any, source: str = "<dict>") -> Platform:
     if not isinstance(data, dict):
-        raise PlatformError(f"{source}: a platform descriptor is a YAML mapping, found "
-                            f"{type(data).__name__}")
+        raise PlatformError(
+            f"{source}: a platform descriptor is a YAML mapping, found {type(data).__name__}"
+        )
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise PlatformError(f"{source}: schema_version must be {SCHEMA_VERSION}, found "
-                            f"{data.get('schema_version')!r}")
+        raise PlatformError(
+            f"{source}: schema_version must be {SCHEMA_VERSION}, found "
+            f"{data.get('schema_version')!r}"
+        )
     try:
         return Platform.model_validate({**data, "path": source})
     except ValidationError as exc:
@@ -247,8 +256,9 @@ def resolve_platform_path(name_or_path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     names = ", ".join(bundled_names()) or "(none)"
-    raise PlatformError(f"no platform {text!r}: no such file, and not a bundled name "
-                        f"(bundled: {names})")
+    raise PlatformError(
+        f"no platform {text!r}: no such file, and not a bundled name (bundled: {names})"
+    )
 
 
 def load_platform(name_or_path: str | Path) -> Platform:

@@ -49,8 +49,12 @@ class Block:
         return ("width", "kernel", "stride", "pool") if self.kind == "conv" else ("width",)
 
     def choices(self, name: str) -> tuple[int, ...]:
-        return {"width": self.widths, "kernel": self.kernels, "stride": self.strides,
-                "pool": self.pools}[name]
+        return {
+            "width": self.widths,
+            "kernel": self.kernels,
+            "stride": self.strides,
+            "pool": self.pools,
+        }[name]
 
     @property
     def slot_len(self) -> int:
@@ -75,7 +79,9 @@ class SearchSpace:
         """The same space for a task's input shape and output size."""
         shape = tuple(int(d) for d in input_shape)
         if self.kind == "cnn" and len(shape) != 3:
-            raise SpaceError(f"space {self.name!r} is a cnn and needs (C, H, W) input, got {shape}")
+            raise SpaceError(
+                f"space {self.name!r} is a cnn and needs (C, H, W) input, got {shape}"
+            )
         if self.kind == "mlp":
             shape = (math.prod(shape),)
         return dataclasses.replace(self, input_shape=shape, output_size=int(output_size))
@@ -160,8 +166,9 @@ class SearchSpace:
     def check(self, arch: ArchSpec) -> ArchSpec:
         reason = self.why_not(arch)
         if reason:
-            raise SpaceError(f"architecture {arch.summary()} is outside space {self.name!r}: "
-                             f"{reason}")
+            raise SpaceError(
+                f"architecture {arch.summary()} is outside space {self.name!r}: {reason}"
+            )
         return arch
 
     # ------------------------------------------------------------------ sampling
@@ -180,9 +187,14 @@ class SearchSpace:
                 layers.append(_layer(b.kind, bits, kw))
         return self._build(self._fit_spatial(layers))
 
-    def sample_many(self, rng: np.random.Generator, n: int, unique: bool = True,
-                    exclude: set[str] | None = None, max_tries: int | None = None
-                    ) -> list[ArchSpec]:
+    def sample_many(
+        self,
+        rng: np.random.Generator,
+        n: int,
+        unique: bool = True,
+        exclude: set[str] | None = None,
+        max_tries: int | None = None,
+    ) -> list[ArchSpec]:
         """``n`` samples; with ``unique`` no arch_id repeats (nor any in ``exclude``)."""
         seen = set(exclude or ())
         out: list[ArchSpec] = []
@@ -191,8 +203,10 @@ class SearchSpace:
         while len(out) < n:
             tries += 1
             if tries > limit:
-                raise SpaceError(f"could only draw {len(out)} distinct architectures of {n} "
-                                 f"from space {self.name!r} (size {self.size()})")
+                raise SpaceError(
+                    f"could only draw {len(out)} distinct architectures of {n} "
+                    f"from space {self.name!r} (size {self.size()})"
+                )
             arch = self.sample(rng)
             if unique:
                 if arch.arch_id in seen:
@@ -244,8 +258,9 @@ class SearchSpace:
         """Vectorized decode of a (n, dim) matrix; every row gives a valid architecture."""
         m = np.asarray(matrix, dtype=np.float64)
         if m.ndim != 2 or m.shape[1] != self.dim:
-            raise SpaceError(f"expected a (n, {self.dim}) matrix for space {self.name!r}, "
-                             f"found shape {m.shape}")
+            raise SpaceError(
+                f"expected a (n, {self.dim}) matrix for space {self.name!r}, found shape {m.shape}"
+            )
         m = np.clip(np.nan_to_num(m, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
         n = m.shape[0]
         per_block = []
@@ -261,8 +276,10 @@ class SearchSpace:
             np.put_along_axis(rank, order, np.arange(b.max_depth)[None, :].repeat(n, 0), 1)
             active = rank < depth[:, None]
             bits = np.asarray(self.bits)[_index(sl[:, :, 1], len(self.bits))]
-            fields = {f: np.asarray(b.choices(f))[_index(sl[:, :, 2 + j], len(b.choices(f)))]
-                      for j, f in enumerate(b.fields)}
+            fields = {
+                f: np.asarray(b.choices(f))[_index(sl[:, :, 2 + j], len(b.choices(f)))]
+                for j, f in enumerate(b.fields)
+            }
             per_block.append((b, active, bits, fields))
         out = []
         for r in range(n):
@@ -276,9 +293,13 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ helpers
     def _build(self, layers: list[LayerSpec]) -> ArchSpec:
-        return ArchSpec(kind=self.kind, input_shape=self.input_shape,  # type: ignore[arg-type]
-                        output_size=self.output_size, layers=tuple(layers),
-                        output_bits=self.output_bits)
+        return ArchSpec(
+            kind=self.kind,
+            input_shape=self.input_shape,  # type: ignore[arg-type]
+            output_size=self.output_size,
+            layers=tuple(layers),
+            output_bits=self.output_bits,
+        )
 
     def _fit_spatial(self, layers: list[LayerSpec]) -> list[LayerSpec]:
         """Reduce pools, then strides, of conv layers whose map would shrink below 1x1."""
@@ -335,10 +356,13 @@ def _int_list(data: dict, key: str, where: str, lo: int, hi: int) -> tuple[int, 
 
 def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
     if not isinstance(data, dict):
-        raise SpaceError(f"{source}: a search space is a YAML mapping, found {type(data).__name__}")
+        raise SpaceError(
+            f"{source}: a search space is a YAML mapping, found {type(data).__name__}"
+        )
     if data.get("schema_version") != 1:
-        raise SpaceError(f"{source}: schema_version must be 1, found "
-                         f"{data.get('schema_version')!r}")
+        raise SpaceError(
+            f"{source}: schema_version must be 1, found {data.get('schema_version')!r}"
+        )
     kind = data.get("kind")
     if kind not in ("mlp", "cnn"):
         raise SpaceError(f"{source}: kind must be 'mlp' or 'cnn', found {kind!r}")
@@ -349,13 +373,16 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
         where = f"{source}: {name}"
         bd = data.get(name)
         if not isinstance(bd, dict):
-            raise SpaceError(f"{where}: missing section (a {kind} space needs {list(block_names)})")
+            raise SpaceError(
+                f"{where}: missing section (a {kind} space needs {list(block_names)})"
+            )
         lo_default = 1 if (name == "dense" and kind == "mlp") or name == "conv" else 0
         min_d = bd.get("min_depth", lo_default)
         max_d = bd.get("max_depth")
         if not isinstance(max_d, int) or not isinstance(min_d, int) or not 0 <= min_d <= max_d:
-            raise SpaceError(f"{where}: need integers 0 <= min_depth <= max_depth, found "
-                             f"{min_d!r}..{max_d!r}")
+            raise SpaceError(
+                f"{where}: need integers 0 <= min_depth <= max_depth, found {min_d!r}..{max_d!r}"
+            )
         if min_d < lo_default:
             raise SpaceError(f"{where}: min_depth must be at least {lo_default}, found {min_d}")
         key = "channels" if name == "conv" else "widths"
@@ -367,19 +394,26 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
             kw["strides"] = _int_list(bd, "strides", where, 1, 8) if "strides" in bd else (1,)
             kw["pools"] = _int_list(bd, "pools", where, 1, 8) if "pools" in bd else (1,)
             if 1 not in kw["strides"] or 1 not in kw["pools"]:
-                raise SpaceError(f"{where}: strides and pools must include 1 (so any stack can "
-                                 "be kept at least 1x1)")
+                raise SpaceError(
+                    f"{where}: strides and pools must include 1 (so any stack can "
+                    "be kept at least 1x1)"
+                )
         blocks.append(Block(kind=name, min_depth=min_d, max_depth=max_d, **kw))
     shape = data.get("input_shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise SpaceError(f"{source}: input_shape must be a list of positive integers, "
-                         f"found {shape!r}")
+        raise SpaceError(
+            f"{source}: input_shape must be a list of positive integers, found {shape!r}"
+        )
     out_size = data.get("output_size")
     if not isinstance(out_size, int) or out_size < 1:
         raise SpaceError(f"{source}: output_size must be a positive integer, found {out_size!r}")
     space = SearchSpace(
-        name=str(data.get("name", Path(source).stem)), kind=kind, blocks=tuple(blocks),
-        bits=bits, input_shape=tuple(shape), output_size=out_size,
+        name=str(data.get("name", Path(source).stem)),
+        kind=kind,
+        blocks=tuple(blocks),
+        bits=bits,
+        input_shape=tuple(shape),
+        output_size=out_size,
         output_bits=int(data.get("output_bits", MAX_BITS)),
         description=str(data.get("description", "")),
     )
@@ -398,8 +432,10 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     else:
         path = Path(name_or_path)
         if not path.is_file():
-            raise SpaceError(f"no search space {text_source!r}: not a bundled name "
-                             f"({', '.join(BUNDLED_SPACES)}) and no such file")
+            raise SpaceError(
+                f"no search space {text_source!r}: not a bundled name "
+                f"({', '.join(BUNDLED_SPACES)}) and no such file"
+            )
         text = path.read_text()
     try:
         data = yaml.safe_load(text)

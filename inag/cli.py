@@ -1,0 +1,460 @@
+"""The ``inag`` command line. The only module that prints.
+
+Heavy packages (torch, numpy-heavy stacks, TVM, onnxruntime) are imported inside the commands
+that need them, so ``inag platforms list`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from hwmodels.costing import CostResult
+    from inag.arch import ArchSpec
+
+app = typer.Typer(
+    name="inag",
+    help="INAG: conditional neural architecture search and integer-only edge deployment.\n\n"
+    "One trained generator proposes quantized networks for a target performance; fast "
+    "selectors keep the ones that fit each platform (a YAML file under platforms/).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+platforms_app = typer.Typer(
+    help="List, show and validate platform descriptors.", no_args_is_help=True
+)
+space_app = typer.Typer(
+    help="Search spaces: sample architectures, show sizes.", no_args_is_help=True
+)
+app.add_typer(platforms_app, name="platforms")
+app.add_typer(space_app, name="space")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one paragraph, exit code 2."""
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    con = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not con.is_terminal:
+        con.width = max(con.width, 140)  # pipes and CI logs: don't squeeze tables
+    return con
+
+
+# ---------------------------------------------------------------------------- platforms
+@platforms_app.command("list")
+def platforms_list() -> None:
+    """List the bundled platform descriptors (name, kind, description)."""
+    import yaml
+
+    from inag.platform import bundled_dir
+
+    rows = []
+    for path in sorted(bundled_dir().glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            data = {"description": "(malformed YAML: run `inag platforms validate`)"}
+        rows.append((path.stem, str(data.get("kind", "?")), str(data.get("description", ""))))
+    width = max((len(r[0]) for r in rows), default=4)
+    for name, kind, desc in rows:
+        typer.echo(f"{name:<{width}}  {kind:<11}  {desc}")
+
+
+@platforms_app.command("show")
+def platforms_show(
+    name_or_path: Annotated[str, typer.Argument(help="Bundled name (cortex_m) or YAML path.")],
+) -> None:
+    """Show a validated platform: capability, cost models with sources, budgets, measurement."""
+    from rich.table import Table
+
+    from hwmodels import build_models
+    from inag.platform import load_platform
+
+    p = load_platform(name_or_path)
+    build_models(p)  # validate model names and parameters too
+    con = _console()
+    cap = p.capability
+    con.print(f"[bold]{p.name}[/bold] ({p.kind}) — {p.description}")
+    con.print(f"file: {p.path}")
+    table = Table(title="capability", show_lines=False)
+    for col in ("quantity", "value", "kind", "source"):
+        table.add_column(col)
+
+    def add(label: str, s: Any) -> None:
+        if s is not None:
+            table.add_row(label, f"{s.value:g}", s.kind, s.source)
+
+    add("clock_hz", cap.clock_hz)
+    for field in ("flash_bytes", "sram_bytes", "reserved_flash_bytes", "reserved_sram_bytes"):
+        add(field, getattr(cap.memories, field))
+    con.print(table)
+    n = cap.numerics
+    con.print(
+        f"bits: supported {n.supported_bits}, weight containers {n.weight_containers}, "
+        f"activation containers {n.activation_containers}, accumulator {n.accumulator_bits}"
+    )
+    models = Table(title="cost models")
+    for col in ("role", "model", "parameter", "value", "kind", "source"):
+        models.add_column(col)
+    for role, choice in p.cost_models.items():
+        models.add_row(role, choice.model, "", "", "", "")
+        for key, val in choice.params.items():
+            for label, leaf in _leaves(key, val):
+                if isinstance(leaf, dict) and "value" in leaf:
+                    models.add_row(
+                        "",
+                        "",
+                        label,
+                        f"{leaf['value']:g}",
+                        leaf.get("kind", ""),
+                        leaf.get("source", ""),
+                    )
+                else:
+                    models.add_row("", "", label, str(leaf), "", "")
+    con.print(models)
+    budgets = {"flash_bytes": p.flash_budget_bytes, "sram_bytes": p.sram_budget_bytes}
+    budgets |= {k: v for k, v in p.constraints.model_dump().items() if v is not None}
+    con.print("budgets: " + ", ".join(f"{k}={v:g}" for k, v in budgets.items()))
+    m = p.measure
+    con.print(
+        f"measure: runtime={m.runtime}, target={json.dumps(m.tvm_target)}, "
+        f"warmup={m.warmup}, repeats={m.repeats}"
+        + (f", rpc={m.rpc.host}:{m.rpc.port} key={m.rpc.key}" if m.rpc else "")
+    )
+    cal = p.calibration
+    con.print(
+        f"calibration: fitted_on={cal.fitted_on}, source={cal.source}, "
+        f"coefficients={cal.coefficients or '{}'}"
+    )
+
+
+def _leaves(key: str, val: Any) -> list[tuple[str, Any]]:
+    if isinstance(val, dict) and "value" not in val:
+        out = []
+        for k, v in val.items():
+            out += _leaves(f"{key}[{k}]", v)
+        return out
+    return [(key, val)]
+
+
+@platforms_app.command("validate")
+def platforms_validate(
+    paths: Annotated[list[Path], typer.Argument(help="Platform YAML files to check.")],
+) -> None:
+    """Validate platform files against the schema and the hardware-model registry."""
+    from hwmodels import build_models
+    from inag.platform import load_platform
+
+    for path in paths:
+        p = load_platform(path)
+        build_models(p)
+        typer.echo(
+            f"ok: {path} ({p.name}, {p.kind}, models: "
+            + ", ".join(f"{r}={c.model}" for r, c in p.cost_models.items())
+            + ")"
+        )
+
+
+# ---------------------------------------------------------------------------- space
+@space_app.command("sample")
+def space_sample(
+    space: Annotated[str, typer.Option(help="Bundled space (mlp, cnn) or YAML path.")] = "mlp",
+    n: Annotated[int, typer.Option("-n", min=1, help="How many architectures.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Bind the space to an input shape, e.g. 1 or 1,8,8.")
+    ] = None,
+    output_size: Annotated[int | None, typer.Option(help="Bind the output size.")] = None,
+) -> None:
+    """Print distinct random architectures of a space as JSON lines."""
+    import numpy as np
+
+    s = _load_space(space, input_shape, output_size)
+    for arch in s.sample_many(np.random.default_rng(seed), n):
+        typer.echo(arch.to_json())
+
+
+@space_app.command("info")
+def space_info(
+    space: Annotated[str, typer.Option(help="Bundled space (mlp, cnn) or YAML path.")] = "mlp",
+) -> None:
+    """Show a space's choices, its exact size and its encoding length."""
+    s = _load_space(space, None, None)
+    typer.echo(f"{s.name} ({s.kind}): {s.description}")
+    for b in s.blocks:
+        extra = (
+            f", kernels {list(b.kernels)}, strides {list(b.strides)}, pools {list(b.pools)}"
+            if b.kind == "conv"
+            else ""
+        )
+        typer.echo(
+            f"  {b.kind}: depth {b.min_depth}..{b.max_depth}, widths {list(b.widths)}" + extra
+        )
+    typer.echo(f"  bits {list(s.bits)}; head bits {s.output_bits}")
+    typer.echo(f"  input {s.input_shape} -> output {s.output_size}")
+    typer.echo(f"  size {s.size():,} architectures ({s.size():.2e}); encoding length {s.dim}")
+
+
+def _load_space(name: str, input_shape: str | None, output_size: int | None) -> Any:
+    from inag.space import load_space
+
+    s = load_space(name)
+    if input_shape is not None or output_size is not None:
+        shape = s.input_shape
+        if input_shape is not None:
+            try:
+                shape = tuple(int(x) for x in input_shape.split(","))
+            except ValueError:
+                raise CliError(
+                    f"--input-shape expects integers separated by commas, e.g. "
+                    f"1,8,8; found {input_shape!r}"
+                ) from None
+        s = s.bind(shape, output_size if output_size is not None else s.output_size)
+    return s
+
+
+# ---------------------------------------------------------------------------- cost
+def _read_archs(source: str) -> list[ArchSpec]:
+    """Architectures from a JSON file, a JSON-lines file, stdin ('-'), or inline JSON."""
+    from inag.arch import ArchError, ArchSpec
+
+    if source == "-":
+        text = sys.stdin.read()
+        where = "stdin"
+    elif source.lstrip().startswith("{"):
+        text, where = source, "the argument"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise CliError(
+                f"no architecture file {source!r} (expected a JSON file, a JSON-lines "
+                "file, '-' for stdin, or inline JSON)"
+            )
+        text, where = path.read_text(), str(path)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise CliError(f"{where}: no architecture found (empty input)")
+    try:
+        return [ArchSpec.from_json(text)]
+    except ArchError:
+        pass
+    archs = []
+    for i, line in enumerate(lines, 1):
+        try:
+            archs.append(ArchSpec.from_json(line))
+        except ArchError as exc:
+            raise CliError(f"{where}, line {i}: not an architecture: {exc}") from None
+    return archs
+
+
+@app.command()
+def cost(
+    arch: Annotated[
+        str,
+        typer.Argument(
+            help="Architecture JSON: a file, JSON lines, '-' for stdin, or inline JSON."
+        ),
+    ],
+    platform: Annotated[
+        str, typer.Option("--platform", "-p", help="Platform YAML path or bundled name.")
+    ] = "cortex_m",
+    space: Annotated[
+        str | None,
+        typer.Option(
+            help="Search space the arch must belong to (default: the bundled space of its kind, "
+            "bound to its input/output shape); also the normalization reference."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Cost architectures on a platform: per-layer table, totals, normalized values, budgets."""
+    from hwmodels import PlatformCoster
+    from inag.platform import load_platform
+    from inag.space import load_space
+
+    archs = _read_archs(arch)
+    plat = load_platform(platform)
+    spaces = {}
+    for a in archs:
+        key = (a.kind, a.input_shape, a.output_size)
+        if key not in spaces:
+            spaces[key] = load_space(space or a.kind).bind(a.input_shape, a.output_size)
+        spaces[key].check(a)
+    coster = PlatformCoster(
+        plat, reference=lambda a: spaces[(a.kind, a.input_shape, a.output_size)].largest()
+    )
+    result = coster.cost(archs)
+    limits = coster.limits()
+    if as_json:
+        for i in range(len(archs)):
+            typer.echo(json.dumps(_cost_record(result, i, limits)))
+        return
+    con = _console()
+    for i in range(len(archs)):
+        _print_cost(con, result, i, limits)
+    if any(
+        not all(c["ok"] for c in _cost_record(result, i, limits)["checks"])
+        for i in range(len(archs))
+    ):
+        raise typer.Exit(1)
+
+
+def _cost_record(result: CostResult, i: int, limits: dict[str, float]) -> dict[str, Any]:
+    from hwmodels.costing import LIMITS
+
+    a = result.archs[i]
+    n_units = int(result.table.mask[i].sum())
+    layers = []
+    for u in range(n_units):
+        row = {
+            k: int(getattr(result.table, k)[i, u])
+            for k in ("macs", "weights", "biases", "fmap", "bits", "in_bits", "out_bits")
+        }
+        row |= {role: float(v[i, u]) for role, v in result.per_layer.items()}
+        layers.append(row)
+    checks = []
+    for name, limit in limits.items():
+        value = float(result.value(name)[i])
+        checks.append(
+            {
+                "limit": name,
+                "value": value,
+                "max": limit,
+                "ok": bool(value <= limit),
+                "role": LIMITS[name][0],
+            }
+        )
+    return {
+        "arch_id": a.arch_id,
+        "arch": a.to_dict(),
+        "platform": result.platform,
+        "layers": layers,
+        "totals": {r: float(v[i]) for r, v in result.totals.items()},
+        "normalized": {
+            r: float(result.normalized(r)[i]) for r in ("storage", "energy") if r in result.totals
+        },
+        "checks": checks,
+    }
+
+
+def _print_cost(con: Any, result: CostResult, i: int, limits: dict[str, float]) -> None:
+    from rich.table import Table
+
+    rec = _cost_record(result, i, limits)
+    a = result.archs[i]
+    con.print(f"[bold]{a.summary()}[/bold]  arch_id {a.arch_id}  on {result.platform}")
+    t = Table(show_edge=False)
+    cols = [
+        "unit",
+        "MACs",
+        "weights",
+        "fmap",
+        "bits",
+        "storage b",
+        "flash B",
+        "SRAM B",
+        "energy nJ",
+        "latency us",
+    ]
+    for c in cols:
+        t.add_column(c, justify="right")
+    names = [f"L{u}" for u in range(len(rec["layers"]) - 1)] + ["head"]
+    for name, row in zip(names, rec["layers"], strict=True):
+        t.add_row(
+            name,
+            f"{row['macs']:,}",
+            f"{row['weights'] + row['biases']:,}",
+            f"{row['fmap']:,}",
+            str(row["bits"]),
+            f"{row.get('storage', 0):,.0f}",
+            f"{row.get('flash', 0):,.0f}",
+            f"{row.get('sram', 0):,.0f}",
+            f"{row.get('energy', 0) * 1e9:,.3f}",
+            f"{row.get('latency', 0) * 1e6:,.2f}",
+        )
+    tot = rec["totals"]
+    t.add_row(
+        "total",
+        f"{sum(r['macs'] for r in rec['layers']):,}",
+        f"{sum(r['weights'] + r['biases'] for r in rec['layers']):,}",
+        "",
+        "",
+        f"{tot.get('storage', 0):,.0f}",
+        f"{tot.get('flash', 0):,.0f}",
+        f"{tot.get('sram', 0):,.0f}",
+        f"{tot.get('energy', 0) * 1e9:,.3f}",
+        f"{tot.get('latency', 0) * 1e6:,.2f}",
+        style="bold",
+    )
+    con.print(t)
+    norm = rec["normalized"]
+    con.print(
+        "normalized (vs the space's largest arch): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in norm.items())
+        + "   (totals include per-inference overheads)"
+    )
+    for c in rec["checks"]:
+        mark = "[green]ok  [/green]" if c["ok"] else "[red]FAIL[/red]"
+        con.print(f"  {mark} {c['limit']:<17} {c['value']:.6g} <= {c['max']:.6g}")
+    con.print("")
+
+
+# ---------------------------------------------------------------------------- entry point
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from hwmodels.base import HardwareModelError
+    from inag.arch import ArchError
+    from inag.ir import IRError
+    from inag.platform import PlatformError
+    from inag.space import SpaceError
+
+    errors: list[type[BaseException]] = [
+        CliError,
+        ArchError,
+        SpaceError,
+        PlatformError,
+        HardwareModelError,
+        IRError,
+    ]
+    for mod, name in (("inag.tasks", "TaskError"),):
+        module = sys.modules.get(mod)
+        if module is not None and hasattr(module, name):
+            errors.append(getattr(module, name))
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; known errors become one paragraph on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - classify below
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, _known_errors()):
+            typer.echo(f"error: {exc}", err=True)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
