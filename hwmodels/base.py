@@ -89,13 +89,17 @@ class HardwareModel(ABC):
 
     def total(self, table: LayerTable) -> np.ndarray:
         per = self.layer_cost(table)
-        agg = per.max(axis=1) if self.reduce == "max" else per.sum(axis=1)
+        agg = per.max(axis=1, initial=0.0) if self.reduce == "max" else per.sum(axis=1)
+        return agg + self.network_overhead()
+
+    def network_overhead(self) -> float:
+        """The per-inference cost, checked: finite and >= 0."""
         overhead = float(self._network_overhead())
         if not np.isfinite(overhead) or overhead < 0:
             raise HardwareModelError(
                 f"model {self.name!r} network overhead {overhead!r} must be finite and >= 0"
             )
-        return agg + overhead
+        return overhead
 
     def node_cost(self, node: Mapping[str, Any]) -> float:
         """Cost of one conv/dense IR node (the per-node path; same numbers as the batch)."""

@@ -108,8 +108,10 @@ class PlatformCoster:
     # ------------------------------------------------------------------ internals
     @staticmethod
     def _total(model: HardwareModel, per_layer: np.ndarray) -> np.ndarray:
-        agg = per_layer.max(axis=1) if model.reduce == "max" else per_layer.sum(axis=1)
-        return agg + float(model._network_overhead())
+        agg = (
+            per_layer.max(axis=1, initial=0.0) if model.reduce == "max" else per_layer.sum(axis=1)
+        )
+        return agg + model.network_overhead()
 
     def _reference_totals(self, arch: ArchSpec) -> dict[str, float]:
         key = (arch.kind, arch.input_shape, arch.output_size, arch.output_bits)

@@ -312,8 +312,12 @@ class SearchSpace:
             if layer.kind == "conv":
                 oh, ow = conv_out_hw(h, w, layer)
                 if oh < 1 or ow < 1:
-                    for pool in sorted(conv.pools, reverse=True):
-                        for stride in sorted(conv.strides, reverse=True):
+                    # only ever reduce: keep the largest pool, then stride, not above the
+                    # layer's own (1 is always a choice and always fits)
+                    for pool in sorted((p for p in conv.pools if p <= layer.pool), reverse=True):
+                        for stride in sorted(
+                            (s for s in conv.strides if s <= layer.stride), reverse=True
+                        ):
                             cand = dataclasses.replace(layer, pool=pool, stride=stride)
                             oh, ow = conv_out_hw(h, w, cand)
                             if oh >= 1 and ow >= 1:

@@ -1,0 +1,55 @@
+"""Shared fixtures and builders for the arch / space / IR / platform / hwmodels tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from inag.arch import ArchSpec, LayerSpec
+from inag.platform import Platform, bundled_names, load_platform
+from inag.space import SearchSpace, load_space
+
+BUNDLED_PLATFORMS = ("bitfusion", "cortex_a", "cortex_m", "host_cpu")
+
+
+def small_mlp() -> ArchSpec:
+    """1 -> 16@8 -> 8@4 -> head 1@8: the arch every hand calculation in the suite uses."""
+    return ArchSpec("mlp", (1,), 1, (LayerSpec(16, 8), LayerSpec(8, 4)))
+
+
+def small_cnn() -> ArchSpec:
+    """(1, 8, 8) -> conv 4ch k3 pool2 @8 -> conv 8ch k3 @4 -> dense 16@6 -> head 10@8."""
+    return ArchSpec(
+        "cnn",
+        (1, 8, 8),
+        10,
+        (
+            LayerSpec(4, 8, "conv", kernel=3, pool=2),
+            LayerSpec(8, 4, "conv", kernel=3),
+            LayerSpec(16, 6),
+        ),
+    )
+
+
+def mixed_mlp() -> ArchSpec:
+    """A bigger mixed-bit MLP bound to the 64-input digits task."""
+    return ArchSpec(
+        "mlp",
+        (64,),
+        10,
+        (LayerSpec(64, 8), LayerSpec(48, 3), LayerSpec(32, 5), LayerSpec(24, 2)),
+    )
+
+
+@pytest.fixture(scope="session")
+def platforms() -> dict[str, Platform]:
+    return {name: load_platform(name) for name in bundled_names()}
+
+
+@pytest.fixture(scope="session")
+def mlp_space() -> SearchSpace:
+    return load_space("mlp")
+
+
+@pytest.fixture(scope="session")
+def cnn_space() -> SearchSpace:
+    return load_space("cnn")
