@@ -1,0 +1,699 @@
+"""Quantization-aware training of candidate networks: many at once, or one at a time.
+
+The dataset builder trains thousands of small MLPs; PyTorch's per-op overhead would dominate
+one-at-a-time training, and padding every net of a batch to its widest layer wastes most of
+the arithmetic. ``BatchedMLPTrainer`` instead groups, *per layer*, the nets whose layer has the
+same (input width, output width): each group is one exact ``bmm`` with no padding, and the
+outputs are regrouped by width for the next layer. Weights of all nets of a layer live in one
+flat parameter, so fake quantization, bias handling and Adam run in a handful of ops per layer.
+
+Every net keeps its own initialization (seeded by ``config.seed`` and its ``arch_id``) and its
+own Adam state (Adam is elementwise), and all nets see the same minibatch order (seeded by
+``config.seed`` and the epoch). So a net trains the same whether alone or in a batch of any
+composition; ``PlainQATMLP`` + ``train_single`` is the independent one-net reference.
+
+The quantization rules are those of ``export.quant`` (Jacob et al. 2017), faked in float.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from export import quant
+from inag.arch import ArchSpec
+from inag.tasks import TaskData, performance_batch
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Training hyper-parameters; shared by every candidate of a dataset."""
+
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    act_ema: float = 0.9  # EMA momentum of the activation range (Jacob et al. 2017)
+    seed: int = 0
+    schedule: str = "cosine"  # "cosine" (to 0 over the run) or "constant"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"invalid trainer config {self}: epochs, batch_size >= 1, lr > 0")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', found {self.schedule!r}")
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based) of ``total``.
+
+        Cosine decay to zero ends every candidate at a settled point instead of wherever a
+        low-bit net's weights happen to oscillate, which makes its performance reproducible.
+        """
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+
+    def steps(self, n_train: int) -> int:
+        return self.epochs * math.ceil(n_train / self.batch_size)
+
+    def config_hash(self) -> str:
+        text = json.dumps({"trainer": "qat-v1", **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    arch_id: str
+    status: str  # "ok" | "failed"
+    performance: float
+    final_loss: float
+    reason: str = ""
+    seconds: float = 0.0
+
+
+def net_seed(seed: int, arch_id: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{arch_id}".encode()).hexdigest()[:15], 16)
+
+
+def init_dense(gen: torch.Generator, n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's nn.Linear default init, drawn from a per-net generator, as (in, out)."""
+    bound = 1.0 / math.sqrt(n_in)
+    w = (torch.rand(n_in, n_out, generator=gen) * 2 - 1) * bound
+    b = (torch.rand(n_out, generator=gen) * 2 - 1) * bound
+    return w, b
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+def _widths(arch: ArchSpec) -> list[int]:
+    if arch.kind != "mlp":
+        raise ValueError(f"the batched trainer trains MLPs; {arch.summary()} is a {arch.kind}")
+    return [arch.input_shape[0], *(layer.width for layer in arch.layers), arch.output_size]
+
+
+def _loss_per_net(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean loss of every net: ``out`` is (k, n, out_size)."""
+    if kind == "regression":
+        return ((out[..., 0] - y) ** 2).mean(dim=1)
+    k, n, c = out.shape
+    ce = nn.functional.cross_entropy(out.reshape(k * n, c), y.repeat(k), reduction="none")
+    return ce.view(k, n).mean(dim=1)
+
+
+# ---------------------------------------------------------------------------- batched
+# Cost model that picks the padding grid of a chunk (see choose_grid): seconds of dispatch per
+# class and step (forward + backward), and the bmm throughput on these shapes (2 cores here).
+CLASS_OVERHEAD_S = 60e-6
+BMM_FLOPS = 60e9
+
+
+def choose_grid(widths: Sequence[Sequence[int]], bsz: int) -> tuple[int, ...]:
+    """The set of padded hidden widths that minimizes estimated step time for a chunk.
+
+    Exact shapes need one bmm per distinct (layer, in, out) — many tiny calls for a varied
+    chunk; rounding widths up to a coarser grid merges calls but computes padding. Every
+    subset of the chunk's hidden widths that keeps the largest is scored with
+    ``classes * CLASS_OVERHEAD_S + padded_flops / BMM_FLOPS``.
+    """
+    hidden = sorted({w for ws in widths for w in ws[1:-1]})
+    if not hidden:
+        return ()
+    best: tuple[float, tuple[int, ...]] | None = None
+    rest = hidden[:-1]
+    for mask in range(1 << len(rest)):
+        grid = tuple([w for j, w in enumerate(rest) if mask >> j & 1] + [hidden[-1]])
+        classes = set()
+        flops = 0
+        for ws in widths:
+            pw = pad_widths(ws, grid)
+            last = len(ws) - 2
+            for li in range(len(ws) - 1):
+                classes.add((li, li == last, pw[li], pw[li + 1]))
+                flops += 6 * bsz * pw[li] * pw[li + 1]
+        cost = len(classes) * CLASS_OVERHEAD_S + flops / BMM_FLOPS
+        if best is None or cost < best[0]:
+            best = (cost, grid)
+    assert best is not None
+    return best[1]
+
+
+def pad_widths(ws: Sequence[int], grid: Sequence[int]) -> list[int]:
+    """Hidden widths rounded up to ``grid``; input and output widths stay as they are."""
+    return [ws[0], *(min(g for g in grid if g >= w) for w in ws[1:-1]), ws[-1]]
+
+
+@dataclass
+class _Class:
+    """Nets whose layer l has the same (head?, padded out width, padded in width)."""
+
+    head: bool
+    w_out: int
+    w_in: int
+    start: int  # first position in the layer's member order
+    k: int
+    w_off: int  # offset of its weights in the flat parameter vector
+    b_off: int  # offset of its biases in the flat bias part
+    rows: torch.Tensor | None = None  # rows of the previous layer's width group (None: slice)
+    row_slice: tuple[int, int] = (0, 0)
+
+
+class _Plan:
+    """Static layout of one chunk of nets: padded widths, classes per layer, offsets."""
+
+    def __init__(self, archs: Sequence[ArchSpec], seed: int, bsz: int):
+        self.n = len(archs)
+        true_w = [_widths(a) for a in archs]
+        self.grid = choose_grid(true_w, bsz)
+        widths = [pad_widths(ws, self.grid) for ws in true_w]
+        bits = [[layer.bits for layer in a.layers] + [a.output_bits] for a in archs]
+        depth = [a.depth for a in archs]
+        self.out_size = widths[0][-1]
+        self.n_layers = max(depth) + 1
+        self.layers: list[list[_Class]] = []
+        self.members: list[list[int]] = []  # net ids per layer, class order
+        self.n_hidden: list[int] = []  # non-head prefix length per layer
+        self.groups: list[dict[int, tuple[int, int]]] = []  # w_out -> (start, k) in prefix
+        self.head_order: list[int] = []
+        self.prev_pos: list[torch.Tensor] = []
+        self.useful_macs = sum(a * b for ws in true_w for a, b in zip(ws, ws[1:], strict=False))
+        self.padded_macs = sum(a * b for ws in widths for a, b in zip(ws, ws[1:], strict=False))
+        w_chunks: list[torch.Tensor] = []
+        b_chunks: list[torch.Tensor] = []
+        q_w: list[float] = []
+        inits = []
+        for a, ws in zip(archs, true_w, strict=True):
+            gen = torch.Generator().manual_seed(net_seed(seed, a.arch_id))
+            inits.append([init_dense(gen, ws[j], ws[j + 1]) for j in range(len(ws) - 1)])
+        w_off = b_off = 0
+        for li in range(self.n_layers):
+            nets = [i for i in range(self.n) if depth[i] >= li]
+            key = {i: (depth[i] == li, widths[i][li + 1], widths[i][li]) for i in nets}
+            nxt = {
+                i: (depth[i] == li + 1, widths[i][li + 2]) if depth[i] > li else (True, 0)
+                for i in nets
+            }
+            # within a class, order nets by their next-layer class so later gathers are slices
+            nets.sort(key=lambda i: (key[i], nxt[i], i))
+            classes: list[_Class] = []
+            start = 0
+            while start < len(nets):
+                k = 1
+                while start + k < len(nets) and key[nets[start + k]] == key[nets[start]]:
+                    k += 1
+                head, w_out, w_in = key[nets[start]]
+                classes.append(_Class(head, w_out, w_in, start, k, w_off, b_off))
+                for i in nets[start : start + k]:
+                    w, b = inits[i][li]
+                    wp = torch.zeros(w_in, w_out)
+                    wp[: w.shape[0], : w.shape[1]] = w
+                    bp = torch.zeros(w_out)
+                    bp[: b.shape[0]] = b
+                    w_chunks.append(wp.reshape(-1))
+                    b_chunks.append(bp)
+                    q_w.append(float(quant.weight_qmax(bits[i][li])))
+                w_off += k * w_in * w_out
+                b_off += k * w_out
+                start += k
+            groups: dict[int, tuple[int, int]] = {}
+            for c in classes:
+                if not c.head:
+                    s0, k0 = groups.get(c.w_out, (c.start, 0))
+                    groups[c.w_out] = (s0, k0 + c.k)
+            self.head_order += [
+                i for c in classes if c.head for i in nets[c.start : c.start + c.k]
+            ]
+            if li > 0:
+                prev_nets = self.members[-1]
+                pos_prev = {g: p for p, g in enumerate(prev_nets)}
+                for c in classes:
+                    g0, _ = self.groups[-1][c.w_in]
+                    rows = [pos_prev[i] - g0 for i in nets[c.start : c.start + c.k]]
+                    if rows == list(range(rows[0], rows[0] + c.k)):
+                        c.row_slice = (rows[0], rows[0] + c.k)
+                    else:
+                        c.rows = torch.tensor(rows)
+                self.prev_pos.append(torch.tensor([pos_prev[i] for i in nets]))
+            else:
+                self.prev_pos.append(torch.zeros(0, dtype=torch.long))
+            self.layers.append(classes)
+            self.members.append(nets)
+            self.n_hidden.append(sum(c.k for c in classes if not c.head))
+            self.groups.append(groups)
+        self.n_weights = w_off
+        self.params = torch.cat(w_chunks + b_chunks).contiguous()
+        self.q_w = torch.tensor(q_w)
+        sizes = [c.w_in * c.w_out for classes in self.layers for c in classes for _ in range(c.k)]
+        self.w_owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        self.q_w_el = self.q_w[self.w_owner]
+        self.head_pos = torch.empty(self.n, dtype=torch.long)
+        self.head_pos[torch.tensor(self.head_order)] = torch.arange(self.n)
+        self.head_index = torch.tensor(self.head_order)
+        # per layer: activation code bound per hidden net, bias owner index, offsets
+        self.q_a = [
+            torch.tensor(
+                [float(quant.act_qmax(bits[i][li])) for i in self.members[li][: self.n_hidden[li]]]
+            )
+            for li in range(self.n_layers)
+        ]
+        self.bias_owner = []
+        self.layer_b = []
+        self.net_off = []
+        off = 0
+        for classes in self.layers:
+            owner = [
+                p for c in classes for p in range(c.start, c.start + c.k) for _ in range(c.w_out)
+            ]
+            self.bias_owner.append(torch.tensor(owner))
+            lo = classes[0].b_off
+            hi = classes[-1].b_off + classes[-1].k * classes[-1].w_out
+            self.layer_b.append((lo, hi))
+            n_li = sum(c.k for c in classes)
+            self.net_off.append((off, off + n_li))
+            off += n_li
+
+    def group_items(self, li: int) -> list[tuple[int, int, int]]:
+        """(width, first position, count) of the width groups of layer li, in buffer order."""
+        return sorted(((w, s0, k) for w, (s0, k) in self.groups[li].items()), key=lambda t: t[1])
+
+
+class _Buffers:
+    """Preallocated activations and gradients of one batch size, with per-class views."""
+
+    def __init__(self, plan: _Plan, st: _State, bsz: int):
+        self.bsz = bsz
+        self.pred = torch.empty(plan.n, bsz, plan.out_size)
+        self.z: list[torch.Tensor] = []
+        self.y: list[torch.Tensor] = []
+        self.dy: list[torch.Tensor] = []
+        self.masks: list[list[torch.Tensor]] = []
+        # per layer and width group: (z, y, dy) views (k, bsz * w) and the group's net slice
+        self.group_views: list[
+            list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]]
+        ] = []
+        self.cls: list[list[dict[str, Any]]] = []
+        for li in range(plan.n_layers):
+            items = plan.group_items(li)
+            size = sum(k * bsz * w for w, _, k in items)
+            z, y, dy = torch.empty(size), torch.empty(size), torch.empty(size)
+            offs, off = {}, 0
+            gviews = []
+            for w, s0, k in items:
+                offs[w] = off
+                sl = slice(off, off + k * bsz * w)
+                gviews.append(
+                    (
+                        z[sl].view(k, bsz * w),
+                        y[sl].view(k, bsz * w),
+                        dy[sl].view(k, bsz * w),
+                        s0,
+                        k,
+                    )
+                )
+                off += k * bsz * w
+            self.masks.append([torch.empty(k, bsz * w, dtype=torch.bool) for w, _, k in items])
+            self.z.append(z)
+            self.y.append(y)
+            self.dy.append(dy)
+            self.group_views.append(gviews)
+            fill: dict[int, int] = {}
+            views = []
+            lo = plan.layer_b[li][0]
+            for c in plan.layers[li]:
+                d: dict[str, Any] = {}
+                n_w = c.k * c.w_in * c.w_out
+                d["wq"] = st.wq[c.w_off : c.w_off + n_w].view(c.k, c.w_in, c.w_out)
+                d["gw"] = st.grad[c.w_off : c.w_off + n_w].view(c.k, c.w_in, c.w_out)
+                gb = st.grad[plan.n_weights + c.b_off : plan.n_weights + c.b_off + c.k * c.w_out]
+                d["gb"] = gb.view(c.k, c.w_out)
+                d["bq"] = st.bq[c.b_off : c.b_off + c.k * c.w_out].view(c.k, 1, c.w_out)
+                if not c.head:
+                    base = offs[c.w_out] + fill.get(c.w_out, 0)
+                    fill[c.w_out] = fill.get(c.w_out, 0) + c.k * bsz * c.w_out
+                    d["out"] = z[base : base + c.k * bsz * c.w_out].view(c.k, bsz, c.w_out)
+                    d["dz"] = dy[base : base + c.k * bsz * c.w_out].view(c.k, bsz, c.w_out)
+                views.append(d)
+            del lo
+            self.cls.append(views)
+        # head outputs: contiguous in head order across layers
+        h = 0
+        for li in range(plan.n_layers):
+            for c, d in zip(plan.layers[li], self.cls[li], strict=True):
+                if c.head:
+                    d["out"] = self.pred[h : h + c.k]
+                    d["h"] = (h, h + c.k)
+                    h += c.k
+        # inputs (forward) and input-gradient targets (backward) of layers >= 1
+        for li in range(1, plan.n_layers):
+            prev_items = {w: (s0, k) for w, s0, k in plan.group_items(li - 1)}
+            offs, off = {}, 0
+            for w, _, k in plan.group_items(li - 1):
+                offs[w] = off
+                off += k * bsz * w
+            for c, d in zip(plan.layers[li], self.cls[li], strict=True):
+                _, g_k = prev_items[c.w_in]
+                o = offs[c.w_in]
+                ysrc = self.y[li - 1][o : o + g_k * bsz * c.w_in].view(g_k, bsz, c.w_in)
+                dsrc = self.dy[li - 1][o : o + g_k * bsz * c.w_in].view(g_k, bsz, c.w_in)
+                if c.rows is None:
+                    r0, r1 = c.row_slice
+                    d["a"] = ysrc[r0:r1]
+                    d["da"] = dsrc[r0:r1]
+                else:
+                    d["a_src"] = ysrc
+                    d["a"] = torch.empty(c.k, bsz, c.w_in)
+                    d["da_dst"] = dsrc
+                    d["da"] = torch.empty(c.k, bsz, c.w_in)
+
+
+class BatchedMLPTrainer:
+    """Train many MLP candidates of one task together (see module docstring).
+
+    Forward and backward are written out by hand (the straight-through estimators make them
+    short) into preallocated buffers, so a step costs a few bmm calls per class plus a handful
+    of flat elementwise ops per layer, without autograd's per-op bookkeeping.
+    """
+
+    def __init__(self, task: TaskData, config: TrainerConfig):
+        self.task = task
+        self.config = config
+        x_tr = task.x_train.reshape(len(task.x_train), -1)
+        self.s_x = quant.input_scale(x_tr)
+        self.x_train = self._quant_input(x_tr)
+        self.x_test = self._quant_input(task.x_test.reshape(len(task.x_test), -1))
+        ydt = torch.float32 if task.kind == "regression" else torch.int64
+        self.y_train = torch.tensor(np.array(task.y_train), dtype=ydt)
+        self.last_plan: _Plan | None = None
+
+    def _quant_input(self, x: np.ndarray) -> torch.Tensor:
+        q = quant.quantize_input(x, self.s_x).astype(np.float32)
+        return torch.from_numpy(q * np.float32(self.s_x))
+
+    # ------------------------------------------------------------------ public
+    def train(
+        self, archs: Sequence[ArchSpec], progress: Callable[[int, int], None] | None = None
+    ) -> list[TrainResult]:
+        """Train ``archs`` together; one result per arch, in order."""
+        t0 = time.perf_counter()
+        plan = _Plan(archs, self.config.seed, min(self.config.batch_size, len(self.x_train)))
+        self.last_plan = plan
+        st = _State(plan)
+        losses, failed = self._fit(plan, st, progress)
+        perf = self._evaluate(plan, st)
+        dt = (time.perf_counter() - t0) / max(len(archs), 1)
+        out = []
+        for i, a in enumerate(archs):
+            if failed[i]:
+                out.append(TrainResult(a.arch_id, "failed", 0.0, float("nan"), failed[i], dt))
+            else:
+                out.append(TrainResult(a.arch_id, "ok", float(perf[i]), float(losses[i]), "", dt))
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _forward(self, plan: _Plan, st: _State, x: torch.Tensor, train: bool) -> _Buffers:
+        """Run every net on ``x``; outputs land in ``buffers.pred`` (head order)."""
+        bsz = x.shape[0]
+        buf = st.buffers(bsz)
+        w_all = st.params[: plan.n_weights]
+        amax = torch.cat(
+            [torch.linalg.vector_norm(v, ord=float("inf"), dim=1) for v in st.w_class_views]
+        )
+        s_w = torch.where(amax > 0, amax / plan.q_w, torch.ones_like(amax))
+        s_w_el = s_w[plan.w_owner]
+        torch.div(w_all, s_w_el, out=st.wq).add_(0.5).floor_()
+        torch.clamp(st.wq, -plan.q_w_el, plan.q_w_el, out=st.wq).mul_(s_w_el)
+        s_in = torch.full((len(plan.members[0]),), self.s_x)
+        zero = torch.zeros(())
+        for li, classes in enumerate(plan.layers):
+            n0, n1 = plan.net_off[li]
+            lo, hi = plan.layer_b[li]
+            b = st.params[plan.n_weights + lo : plan.n_weights + hi]
+            s_b = (s_in * s_w[n0:n1])[plan.bias_owner[li]]
+            torch.div(b, s_b, out=st.bq[lo:hi]).add_(0.5).floor_().mul_(s_b)
+            for c, d in zip(classes, buf.cls[li], strict=True):
+                if li == 0:
+                    a = x.expand(c.k, bsz, c.w_in)
+                    d["a"] = a
+                elif "a_src" in d:
+                    torch.index_select(d["a_src"], 0, c.rows, out=d["a"])
+                torch.baddbmm(d["bq"], d["a"], d["wq"], out=d["out"])
+            if not plan.n_hidden[li]:
+                continue
+            if train:  # activation range per net: EMA of the max (Jacob et al. 2017)
+                m = torch.cat([g[0].amax(1) for g in buf.group_views[li]]).clamp_(min=0)
+                if not st.seen[li]:
+                    st.act_max[li].copy_(m)
+                    st.seen[li] = True
+                else:
+                    st.act_max[li].mul_(self.config.act_ema).add_(m, alpha=1 - self.config.act_ema)
+            am = st.act_max[li]
+            s_a = torch.where(am > 0, am / plan.q_a[li], torch.ones_like(am))
+            for (zv, yv, _, g0, k), mask in zip(buf.group_views[li], buf.masks[li], strict=True):
+                s_g = s_a[g0 : g0 + k].view(k, 1)
+                torch.div(zv, s_g, out=zv).add_(0.5).floor_()  # z is not needed after this
+                torch.clamp(zv, min=zero, max=plan.q_a[li][g0 : g0 + k].view(k, 1), out=yv)
+                torch.eq(zv, yv, out=mask)  # inside the code range: the gradient passes
+                yv.mul_(s_g)
+            if li + 1 < plan.n_layers:
+                s_in = s_a[plan.prev_pos[li + 1]]
+        return buf
+
+    def _backward(
+        self, plan: _Plan, st: _State, buf: _Buffers, x: torch.Tensor, d_pred: torch.Tensor
+    ) -> None:
+        bsz = x.shape[0]
+        for li in range(plan.n_layers - 1, -1, -1):
+            if plan.n_hidden[li]:  # d loss / d z: straight-through inside the clamp range
+                for (_, _, dyv, _, _), mask in zip(
+                    buf.group_views[li], buf.masks[li], strict=True
+                ):
+                    dyv.mul_(mask)
+            for c, d in zip(plan.layers[li], buf.cls[li], strict=True):
+                if c.head:
+                    h0, h1 = d["h"]
+                    dz = d_pred[h0:h1]
+                else:
+                    dz = d["dz"]
+                a = x.expand(c.k, bsz, c.w_in) if li == 0 else d["a"]
+                torch.bmm(a.transpose(1, 2), dz, out=d["gw"])
+                torch.sum(dz, dim=1, out=d["gb"])
+                if li > 0:
+                    torch.bmm(dz, d["wq"].transpose(1, 2), out=d["da"])
+                    if "da_dst" in d:
+                        d["da_dst"].index_copy_(0, c.rows, d["da"])
+
+    def _fit(
+        self, plan: _Plan, st: _State, progress: Callable[[int, int], None] | None
+    ) -> tuple[np.ndarray, list[str]]:
+        cfg = self.config
+        n = len(self.x_train)
+        alive = torch.ones(plan.n, dtype=torch.bool)
+        alive_heads = torch.ones(plan.n, dtype=torch.bool)
+        failed = [""] * plan.n
+        last = torch.zeros(plan.n)
+        kind = self.task.kind
+        total_steps = cfg.steps(n)
+        for epoch in range(cfg.epochs):
+            perm = epoch_order(cfg.seed, epoch, n)
+            total = torch.zeros(plan.n)
+            for start in range(0, n, cfg.batch_size):
+                idx = perm[start : start + cfg.batch_size]
+                x, y = self.x_train[idx], self.y_train[idx]
+                buf = self._forward(plan, st, x, train=True)
+                loss_h, d_pred = _loss_and_grad(buf.pred, y, kind)  # head order
+                finite = torch.isfinite(loss_h)
+                if not bool(finite[alive_heads].all()):
+                    for h in torch.nonzero(alive_heads & ~finite).flatten().tolist():
+                        failed[plan.head_order[h]] = (
+                            f"diverged: non-finite loss at epoch {epoch + 1}"
+                        )
+                    alive_heads &= finite
+                    alive = alive_heads[plan.head_pos]
+                if not bool(alive_heads.all()):
+                    d_pred[~alive_heads] = 0.0
+                self._backward(plan, st, buf, x, d_pred)
+                if not bool(alive.all()):
+                    st.grad.nan_to_num_(0.0, 0.0, 0.0)
+                st.adam_step(cfg, cfg.lr_at(st.step, total_steps))
+                total += loss_h[plan.head_pos].nan_to_num(0.0) * len(idx)
+            last = total / n
+            if progress is not None:
+                progress(epoch + 1, cfg.epochs)
+        return last.numpy(), failed
+
+    @torch.no_grad()
+    def _evaluate(self, plan: _Plan, st: _State) -> np.ndarray:
+        preds = []
+        for start in range(0, len(self.x_test), 1024):
+            buf = self._forward(plan, st, self.x_test[start : start + 1024], train=False)
+            preds.append(buf.pred[plan.head_pos].clone())
+        out = torch.cat(preds, dim=1).numpy()
+        if self.task.kind == "regression":
+            out = out[..., 0]
+        return performance_batch(self.task.kind, np.asarray(self.task.y_test), out)
+
+
+class _State:
+    """Mutable training state of a chunk: parameters, gradients, Adam moments, act ranges."""
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+        self.params = plan.params.clone()
+        self.grad = torch.zeros_like(self.params)
+        self.wq = torch.empty(plan.n_weights)
+        self.bq = torch.empty(len(self.params) - plan.n_weights)
+        self.m = torch.zeros_like(self.params)
+        self.v = torch.zeros_like(self.params)
+        self.step = 0
+        self.act_max = [torch.zeros(plan.n_hidden[li]) for li in range(plan.n_layers)]
+        self.seen = [False] * plan.n_layers
+        self.w_class_views = [
+            self.params[c.w_off : c.w_off + c.k * c.w_in * c.w_out].view(c.k, -1)
+            for classes in plan.layers
+            for c in classes
+        ]
+        self._buffers: dict[int, _Buffers] = {}
+
+    def buffers(self, bsz: int) -> _Buffers:
+        if bsz not in self._buffers:
+            self._buffers[bsz] = _Buffers(self.plan, self, bsz)
+        return self._buffers[bsz]
+
+    def adam_step(
+        self,
+        cfg: TrainerConfig,
+        lr: float,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+    ) -> None:
+        """torch.optim.Adam's update, on the flat parameter vector of every net at once."""
+        self.step += 1
+        g = self.grad
+        if cfg.weight_decay:
+            g = g.add(self.params, alpha=cfg.weight_decay)
+        self.m.lerp_(g, 1 - beta1)
+        self.v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bc1 = 1 - beta1**self.step
+        bc2_sqrt = math.sqrt(1 - beta2**self.step)
+        denom = (self.v.sqrt() / bc2_sqrt).add_(eps)
+        self.params.addcdiv_(self.m, denom, value=-lr / bc1)
+
+
+def _loss_and_grad(
+    pred: torch.Tensor, y: torch.Tensor, kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-net mean loss and its gradient wrt ``pred`` (n_nets, batch, out)."""
+    n = pred.shape[1]
+    if kind == "regression":
+        diff = pred[..., 0] - y
+        return (diff * diff).mean(dim=1), (diff * (2.0 / n)).unsqueeze(-1)
+    logp = torch.log_softmax(pred, dim=-1)
+    loss = -logp.gather(-1, y.view(1, n, 1).expand(pred.shape[0], n, 1))[..., 0].mean(dim=1)
+    d = logp.exp()
+    d[:, torch.arange(n), y] -= 1.0
+    return loss, d / n
+
+
+# ---------------------------------------------------------------------------- one at a time
+class PlainQATMLP(nn.Module):
+    """One quantized MLP as ordinary PyTorch: the reference the batched trainer must match."""
+
+    def __init__(self, arch: ArchSpec, s_x: float, seed: int, act_ema: float):
+        super().__init__()
+        ws = _widths(arch)
+        gen = torch.Generator().manual_seed(net_seed(seed, arch.arch_id))
+        inits = [init_dense(gen, ws[j], ws[j + 1]) for j in range(len(ws) - 1)]
+        self.weights = nn.ParameterList([nn.Parameter(w) for w, _ in inits])
+        self.biases = nn.ParameterList([nn.Parameter(b) for _, b in inits])
+        self.bits = [layer.bits for layer in arch.layers] + [arch.output_bits]
+        self.s_x = s_x
+        self.momentum = act_ema
+        self.register_buffer("act_max", torch.zeros(len(inits)))
+        self.seen = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s_in = torch.tensor(self.s_x)
+        n = len(self.weights)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            qmax_w = torch.tensor(float(quant.weight_qmax(self.bits[i])))
+            wq, s_w = quant.fake_quant_weight(w, qmax_w, reduce_dims=(0, 1))
+            s_b = s_in * s_w.reshape(())
+            bq = quant.ste_round_half_up(b / s_b) * s_b
+            z = torch.addmm(bq, x, wq)
+            if i == n - 1:
+                return z
+            if self.training:
+                with torch.no_grad():
+                    m = z.detach().max().clamp_min(0)
+                    self.act_max[i] = (
+                        m
+                        if not self.seen
+                        else (self.momentum * self.act_max[i] + (1 - self.momentum) * m)
+                    )
+            qmax_a = torch.tensor(float(quant.act_qmax(self.bits[i])))
+            s_a = self.act_max[i] / qmax_a if self.act_max[i] > 0 else torch.tensor(1.0)
+            x = quant.fake_quant_act(z, s_a, qmax_a)
+            s_in = s_a
+        raise AssertionError("unreachable")
+
+    def train(self, mode: bool = True) -> PlainQATMLP:
+        if not mode and self.training:
+            self.seen = True
+        return super().train(mode)
+
+
+def train_single(arch: ArchSpec, task: TaskData, config: TrainerConfig) -> TrainResult:
+    """The plain loop: one net, ordinary PyTorch, same scheme, init, data order and optimizer."""
+    t0 = time.perf_counter()
+    helper = BatchedMLPTrainer(task, config)  # shares the input quantization only
+    model = PlainQATMLP(arch, helper.s_x, config.seed, config.act_ema)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=False
+    )
+    n = len(helper.x_train)
+    last = float("nan")
+    total_steps, step = config.steps(n), 0
+    for epoch in range(config.epochs):
+        perm = epoch_order(config.seed, epoch, n)
+        total = 0.0
+        for start in range(0, n, config.batch_size):
+            idx = perm[start : start + config.batch_size]
+            out = model(helper.x_train[idx])
+            loss = _loss_per_net(out.unsqueeze(0), helper.y_train[idx], task.kind)[0]
+            model.seen = True
+            if not torch.isfinite(loss):
+                return TrainResult(
+                    arch.arch_id,
+                    "failed",
+                    0.0,
+                    float("nan"),
+                    f"diverged: non-finite loss at epoch {epoch + 1}",
+                    time.perf_counter() - t0,
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for group in opt.param_groups:
+                group["lr"] = config.lr_at(step, total_steps)
+            opt.step()
+            step += 1
+            total += float(loss.detach()) * len(idx)
+        last = total / n
+    model.eval()
+    with torch.no_grad():
+        out = model(helper.x_test).numpy()
+    if task.kind == "regression":
+        out = out[..., 0]
+    perf = float(performance_batch(task.kind, np.asarray(task.y_test), out[None])[0])
+    return TrainResult(arch.arch_id, "ok", perf, last, "", time.perf_counter() - t0)
