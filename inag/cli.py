@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,8 +33,12 @@ platforms_app = typer.Typer(
 space_app = typer.Typer(
     help="Search spaces: sample architectures, show sizes.", no_args_is_help=True
 )
+dataset_app = typer.Typer(
+    help="Inspect and export dataset files made by `inag sample`.", no_args_is_help=True
+)
 app.add_typer(platforms_app, name="platforms")
 app.add_typer(space_app, name="space")
+app.add_typer(dataset_app, name="dataset")
 
 
 class CliError(Exception):
@@ -408,6 +413,155 @@ def _print_cost(con: Any, result: CostResult, i: int, limits: dict[str, float]) 
     con.print("")
 
 
+# ---------------------------------------------------------------------------- datasets
+@app.command()
+def sample(
+    task: Annotated[
+        str,
+        typer.Option(
+            help="Task: data_a, data_b, digits, diabetes, "
+            "mnist:DIR, cifar10:DIR, california:FILE.csv, "
+            "csv:FILE.csv?target=COL."
+        ),
+    ] = "data_a",
+    space: Annotated[str, typer.Option(help="Search space (mlp or a YAML path).")] = "mlp",
+    n: Annotated[
+        int, typer.Option("--n", "-n", min=1, help="Architectures in the dataset.")
+    ] = 2000,
+    db: Annotated[Path, typer.Option(help="SQLite file; re-running resumes it.")] = Path(
+        "runs/data_a.sqlite"
+    ),
+    seed: Annotated[int, typer.Option(help="Sampling and training seed.")] = 0,
+    data_seed: Annotated[int, typer.Option(help="Seed of the task's data and splits.")] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per candidate.")] = 20,
+    batch_size: Annotated[int, typer.Option(min=1, help="Minibatch size.")] = 256,
+    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate (cosine decay).")] = 5e-3,
+    chunk: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Nets trained together (and committed "
+            "together: at most this many are lost on a kill).",
+        ),
+    ] = 128,
+    backend: Annotated[str, typer.Option(help="local (worker processes) or ray.")] = "local",
+    workers: Annotated[
+        int | None, typer.Option(help="Local worker processes (default: CPU count).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")
+    ] = None,
+) -> None:
+    """Build (or resume) a dataset: sample distinct architectures, QAT-train each, store it."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from inag.dataset import DatasetError, LocalBackend, RayBackend, build_dataset
+    from inag.space import load_space
+    from inag.trainer import TrainerConfig
+
+    trainer = TrainerConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    if backend == "local":
+        be: Any = LocalBackend(workers)
+    elif backend == "ray":
+        be = RayBackend(address)
+    else:
+        raise CliError(f"--backend must be 'local' or 'ray', found {backend!r}")
+    con = _console(stderr=True)
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]training[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} nets/s, {task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=con,
+    ) as bar:
+        job = bar.add_task("train", total=n, rate="-", failed=0)
+        state = {"start": None, "first": 0}
+
+        def report(p: Any) -> None:
+            if state["start"] is None:
+                state["start"], state["first"] = time.perf_counter(), p.done
+            dt = time.perf_counter() - state["start"]
+            rate = (p.done - state["first"]) / dt if dt > 0 and p.done > state["first"] else 0
+            bar.update(job, completed=p.done, rate=f"{rate:.1f}" if rate else "-", failed=p.failed)
+
+        try:
+            out = build_dataset(
+                db,
+                task,
+                load_space(space),
+                n,
+                seed,
+                trainer,
+                be,
+                data_seed=data_seed,
+                chunk=chunk,
+                progress=report,
+            )
+        except DatasetError as exc:
+            raise CliError(str(exc)) from None
+    dt = time.perf_counter() - t0
+    typer.echo(
+        f"{db}: {out['done']}/{out['total']} nets ({out['trained']} trained now in "
+        f"{dt:.1f} s, {out['failed_now']} failed)"
+    )
+
+
+@dataset_app.command("info")
+def dataset_info(
+    db: Annotated[Path, typer.Argument(help="Dataset file made by `inag sample`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Counts, performance quantiles and bit-width / width coverage of a dataset."""
+    from inag.dataset import DatasetStore
+
+    with DatasetStore(db) as store:
+        info = store.info()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    c = info["counts"]
+    typer.echo(f"{info['path']}: task {info['task']}, space {info['space']}")
+    typer.echo(
+        f"  rows: {c['ok'] + c['failed']} ({c['ok']} ok, {c['failed']} failed); "
+        f"mean train time {info['train_seconds_per_net'] or 0:.3f} s/net (batched)"
+    )
+    if info["performance_quantiles"]:
+        typer.echo(
+            "  performance quantiles: "
+            + ", ".join(
+                f"q{float(q) * 100:g}={v:.3f}" for q, v in info["performance_quantiles"].items()
+            )
+        )
+    for key in ("depth_coverage", "width_coverage", "bits_coverage"):
+        typer.echo(
+            f"  {key.replace('_', ' ')}: " + ", ".join(f"{k}:{v}" for k, v in info[key].items())
+        )
+    typer.echo(f"  trainer: {json.dumps(info['trainer'])}")
+
+
+@dataset_app.command("export")
+def dataset_export(
+    db: Annotated[Path, typer.Argument(help="Dataset file made by `inag sample`.")],
+    csv_out: Annotated[Path, typer.Option("--csv", help="CSV file to write.")],
+) -> None:
+    """Write every row (ok and failed) as CSV."""
+    from inag.dataset import DatasetStore
+
+    with DatasetStore(db) as store:
+        count = store.export_csv(csv_out)
+    typer.echo(f"wrote {count} rows to {csv_out}")
+
+
 # ---------------------------------------------------------------------------- entry point
 def _known_errors() -> tuple[type[BaseException], ...]:
     from hwmodels.base import HardwareModelError
@@ -424,7 +578,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         HardwareModelError,
         IRError,
     ]
-    for mod, name in (("inag.tasks", "TaskError"),):
+    for mod, name in (("inag.tasks", "TaskError"), ("inag.dataset", "DatasetError")):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):
             errors.append(getattr(module, name))
@@ -455,6 +609,20 @@ def main(argv: list[str] | None = None) -> int:
         raise
     return 0
 
+
+def _register_extensions() -> None:
+    """Command groups that live in their own CLI modules (still CLI code: they may print)."""
+    import importlib
+
+    for name in ("inag.cli_export",):
+        try:
+            importlib.import_module(name).register(app)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+
+
+_register_extensions()
 
 if __name__ == "__main__":
     sys.exit(main())

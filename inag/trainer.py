@@ -697,3 +697,77 @@ def train_single(arch: ArchSpec, task: TaskData, config: TrainerConfig) -> Train
         out = out[..., 0]
     perf = float(performance_batch(task.kind, np.asarray(task.y_test), out[None])[0])
     return TrainResult(arch.arch_id, "ok", perf, last, "", time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------- final training
+NET_FORMAT = "inag-qat-net-v1"
+
+
+def train_final(
+    arch: ArchSpec,
+    task: TaskData,
+    config: TrainerConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[TrainResult, dict[str, np.ndarray], dict[str, str]]:
+    """QAT-train one chosen net (usually longer than the dataset budget) and return its state.
+
+    The state is what the exporters need: float weights and biases per unit (fake-quantized
+    at export by ``export.quant``), the activation range per hidden unit, and the input scale.
+    """
+    t0 = time.perf_counter()
+    helper = BatchedMLPTrainer(task, config)
+    model = PlainQATMLP(arch, helper.s_x, config.seed, config.act_ema)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=False
+    )
+    n = len(helper.x_train)
+    total_steps, step, last = config.steps(n), 0, float("nan")
+    for epoch in range(config.epochs):
+        perm = epoch_order(config.seed, epoch, n)
+        total = 0.0
+        for start in range(0, n, config.batch_size):
+            idx = perm[start : start + config.batch_size]
+            loss = _loss_per_net(
+                model(helper.x_train[idx]).unsqueeze(0), helper.y_train[idx], task.kind
+            )[0]
+            model.seen = True
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch + 1} (non-finite loss); try a lower --lr"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for group in opt.param_groups:
+                group["lr"] = config.lr_at(step, total_steps)
+            opt.step()
+            step += 1
+            total += float(loss.detach()) * len(idx)
+        last = total / n
+        if progress is not None:
+            progress(epoch + 1, config.epochs)
+    model.eval()
+    with torch.no_grad():
+        out = model(helper.x_test).numpy()
+    if task.kind == "regression":
+        out = out[..., 0]
+    perf = float(performance_batch(task.kind, np.asarray(task.y_test), out[None])[0])
+    tensors: dict[str, np.ndarray] = {}
+    for i, (w, b) in enumerate(zip(model.weights, model.biases, strict=True)):
+        tensors[f"unit{i}.weight"] = w.detach().numpy().astype(np.float32)  # (in, out)
+        tensors[f"unit{i}.bias"] = b.detach().numpy().astype(np.float32)
+    tensors["act_max"] = model.act_max.numpy().astype(np.float32)[: len(arch.layers)]
+    meta = {
+        "format": NET_FORMAT,
+        "arch": arch.to_json(),
+        "arch_id": arch.arch_id,
+        "input_scale": repr(float(helper.s_x)),
+        "task": task.name,
+        "task_kind": task.kind,
+        "qat_performance": repr(perf),
+        "trainer": json.dumps(asdict(config)),
+    }
+    return (
+        TrainResult(arch.arch_id, "ok", perf, last, "", time.perf_counter() - t0),
+        tensors,
+        meta,
+    )
