@@ -433,9 +433,18 @@ def sample(
     ),
     seed: Annotated[int, typer.Option(help="Sampling and training seed.")] = 0,
     data_seed: Annotated[int, typer.Option(help="Seed of the task's data and splits.")] = 0,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per candidate.")] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per candidate.")] = 40,
     batch_size: Annotated[int, typer.Option(min=1, help="Minibatch size.")] = 256,
-    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate (cosine decay).")] = 5e-3,
+    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate (cosine decay).")] = 1e-2,
+    quant_delay: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="Fraction of steps trained in float before "
+            "fake quantization starts (Jacob et al.'s delayed quantization).",
+        ),
+    ] = 0.5,
     chunk: Annotated[
         int,
         typer.Option(
@@ -466,7 +475,9 @@ def sample(
     from inag.space import load_space
     from inag.trainer import TrainerConfig
 
-    trainer = TrainerConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    trainer = TrainerConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, quant_delay=quant_delay
+    )
     if backend == "local":
         be: Any = LocalBackend(workers)
     elif backend == "ray":

@@ -75,6 +75,40 @@ class SearchSpace:
     description: str = ""
 
     # ------------------------------------------------------------------ construction
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form of this (bound) space; ``space_from_dict`` reads it back."""
+        out: dict[str, Any] = {
+            "schema_version": 1,
+            "name": self.name,
+            "kind": self.kind,
+            "description": self.description,
+            "bits": list(self.bits),
+            "input_shape": list(self.input_shape),
+            "output_size": self.output_size,
+            "output_bits": self.output_bits,
+        }
+        for b in self.blocks:
+            d: dict[str, Any] = {"min_depth": b.min_depth, "max_depth": b.max_depth}
+            if b.kind == "conv":
+                d |= {
+                    "channels": list(b.widths),
+                    "kernels": list(b.kernels),
+                    "strides": list(b.strides),
+                    "pools": list(b.pools),
+                }
+            else:
+                d["widths"] = list(b.widths)
+            out[b.kind] = d
+        return out
+
+    def choice_counts(self) -> list[int]:
+        """Number of choices of every feature of the encoding (2 for masks)."""
+        counts = []
+        for b in self.blocks:
+            for _ in range(b.max_depth):
+                counts += [2, len(self.bits), *(len(b.choices(f)) for f in b.fields)]
+        return counts
+
     def bind(self, input_shape: Sequence[int], output_size: int) -> SearchSpace:
         """The same space for a task's input shape and output size."""
         shape = tuple(int(d) for d in input_shape)

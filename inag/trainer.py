@@ -38,17 +38,20 @@ from inag.tasks import TaskData, performance_batch
 class TrainerConfig:
     """Training hyper-parameters; shared by every candidate of a dataset."""
 
-    epochs: int = 20
+    epochs: int = 40
     batch_size: int = 256
-    lr: float = 5e-3
+    lr: float = 1e-2
     weight_decay: float = 0.0
     act_ema: float = 0.9  # EMA momentum of the activation range (Jacob et al. 2017)
     seed: int = 0
     schedule: str = "cosine"  # "cosine" (to 0 over the run) or "constant"
+    quant_delay: float = 0.5  # fraction of steps trained in float before fake quantization
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"invalid trainer config {self}: epochs, batch_size >= 1, lr > 0")
+        if not 0.0 <= self.quant_delay < 1.0:
+            raise ValueError(f"quant_delay must be in [0, 1), found {self.quant_delay}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', found {self.schedule!r}")
 
@@ -421,11 +424,19 @@ class BatchedMLPTrainer:
         return out
 
     # ------------------------------------------------------------------ internals
-    def _forward(self, plan: _Plan, st: _State, x: torch.Tensor, train: bool) -> _Buffers:
-        """Run every net on ``x``; outputs land in ``buffers.pred`` (head order)."""
+    def _forward(
+        self, plan: _Plan, st: _State, x: torch.Tensor, train: bool, quant_on: bool = True
+    ) -> _Buffers:
+        """Run every net on ``x``; outputs land in ``buffers.pred`` (head order).
+
+        With ``quant_on`` false (the float warm-up of ``quant_delay``) weights, biases and
+        activations stay float (ReLU), while activation ranges are already tracked.
+        """
         bsz = x.shape[0]
         buf = st.buffers(bsz)
         w_all = st.params[: plan.n_weights]
+        if not quant_on:
+            return self._forward_float(plan, st, buf, x, train)
         amax = torch.cat(
             [torch.linalg.vector_norm(v, ord=float("inf"), dim=1) for v in st.w_class_views]
         )
@@ -450,13 +461,8 @@ class BatchedMLPTrainer:
                 torch.baddbmm(d["bq"], d["a"], d["wq"], out=d["out"])
             if not plan.n_hidden[li]:
                 continue
-            if train:  # activation range per net: EMA of the max (Jacob et al. 2017)
-                m = torch.cat([g[0].amax(1) for g in buf.group_views[li]]).clamp_(min=0)
-                if not st.seen[li]:
-                    st.act_max[li].copy_(m)
-                    st.seen[li] = True
-                else:
-                    st.act_max[li].mul_(self.config.act_ema).add_(m, alpha=1 - self.config.act_ema)
+            if train:
+                self._track_range(plan, st, buf, li)
             am = st.act_max[li]
             s_a = torch.where(am > 0, am / plan.q_a[li], torch.ones_like(am))
             for (zv, yv, _, g0, k), mask in zip(buf.group_views[li], buf.masks[li], strict=True):
@@ -468,6 +474,38 @@ class BatchedMLPTrainer:
             if li + 1 < plan.n_layers:
                 s_in = s_a[plan.prev_pos[li + 1]]
         return buf
+
+    def _forward_float(
+        self, plan: _Plan, st: _State, buf: _Buffers, x: torch.Tensor, train: bool
+    ) -> _Buffers:
+        bsz = x.shape[0]
+        st.wq.copy_(st.params[: plan.n_weights])
+        st.bq.copy_(st.params[plan.n_weights :])
+        zero = torch.zeros(())
+        for li, classes in enumerate(plan.layers):
+            for c, d in zip(classes, buf.cls[li], strict=True):
+                if li == 0:
+                    d["a"] = x.expand(c.k, bsz, c.w_in)
+                elif "a_src" in d:
+                    torch.index_select(d["a_src"], 0, c.rows, out=d["a"])
+                torch.baddbmm(d["bq"], d["a"], d["wq"], out=d["out"])
+            if not plan.n_hidden[li]:
+                continue
+            if train:
+                self._track_range(plan, st, buf, li)
+            for (zv, yv, _, _, _), mask in zip(buf.group_views[li], buf.masks[li], strict=True):
+                torch.gt(zv, zero, out=mask)
+                torch.clamp(zv, min=zero, out=yv)
+        return buf
+
+    def _track_range(self, plan: _Plan, st: _State, buf: _Buffers, li: int) -> None:
+        """Activation range per net: EMA of the max (Jacob et al. 2017)."""
+        m = torch.cat([g[0].amax(1) for g in buf.group_views[li]]).clamp_(min=0)
+        if not st.seen[li]:
+            st.act_max[li].copy_(m)
+            st.seen[li] = True
+        else:
+            st.act_max[li].mul_(self.config.act_ema).add_(m, alpha=1 - self.config.act_ema)
 
     def _backward(
         self, plan: _Plan, st: _State, buf: _Buffers, x: torch.Tensor, d_pred: torch.Tensor
@@ -510,7 +548,9 @@ class BatchedMLPTrainer:
             for start in range(0, n, cfg.batch_size):
                 idx = perm[start : start + cfg.batch_size]
                 x, y = self.x_train[idx], self.y_train[idx]
-                buf = self._forward(plan, st, x, train=True)
+                buf = self._forward(
+                    plan, st, x, train=True, quant_on=st.step >= cfg.quant_delay * total_steps
+                )
                 loss_h, d_pred = _loss_and_grad(buf.pred, y, kind)  # head order
                 finite = torch.isfinite(loss_h)
                 if not bool(finite[alive_heads].all()):
@@ -622,15 +662,19 @@ class PlainQATMLP(nn.Module):
         self.momentum = act_ema
         self.register_buffer("act_max", torch.zeros(len(inits)))
         self.seen = False
+        self.quant_on = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s_in = torch.tensor(self.s_x)
         n = len(self.weights)
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            qmax_w = torch.tensor(float(quant.weight_qmax(self.bits[i])))
-            wq, s_w = quant.fake_quant_weight(w, qmax_w, reduce_dims=(0, 1))
-            s_b = s_in * s_w.reshape(())
-            bq = quant.ste_round_half_up(b / s_b) * s_b
+            if self.quant_on:
+                qmax_w = torch.tensor(float(quant.weight_qmax(self.bits[i])))
+                wq, s_w = quant.fake_quant_weight(w, qmax_w, reduce_dims=(0, 1))
+                s_b = s_in * s_w.reshape(())
+                bq = quant.ste_round_half_up(b / s_b) * s_b
+            else:
+                wq, bq = w, b
             z = torch.addmm(bq, x, wq)
             if i == n - 1:
                 return z
@@ -642,6 +686,9 @@ class PlainQATMLP(nn.Module):
                         if not self.seen
                         else (self.momentum * self.act_max[i] + (1 - self.momentum) * m)
                     )
+            if not self.quant_on:
+                x = torch.relu(z)
+                continue
             qmax_a = torch.tensor(float(quant.act_qmax(self.bits[i])))
             s_a = self.act_max[i] / qmax_a if self.act_max[i] > 0 else torch.tensor(1.0)
             x = quant.fake_quant_act(z, s_a, qmax_a)
@@ -670,6 +717,7 @@ def train_single(arch: ArchSpec, task: TaskData, config: TrainerConfig) -> Train
         total = 0.0
         for start in range(0, n, config.batch_size):
             idx = perm[start : start + config.batch_size]
+            model.quant_on = step >= config.quant_delay * total_steps
             out = model(helper.x_train[idx])
             loss = _loss_per_net(out.unsqueeze(0), helper.y_train[idx], task.kind)[0]
             model.seen = True
@@ -691,6 +739,7 @@ def train_single(arch: ArchSpec, task: TaskData, config: TrainerConfig) -> Train
             total += float(loss.detach()) * len(idx)
         last = total / n
     model.eval()
+    model.quant_on = True
     with torch.no_grad():
         out = model(helper.x_test).numpy()
     if task.kind == "regression":
@@ -727,6 +776,7 @@ def train_final(
         total = 0.0
         for start in range(0, n, config.batch_size):
             idx = perm[start : start + config.batch_size]
+            model.quant_on = step >= config.quant_delay * total_steps
             loss = _loss_per_net(
                 model(helper.x_train[idx]).unsqueeze(0), helper.y_train[idx], task.kind
             )[0]
@@ -746,6 +796,7 @@ def train_final(
         if progress is not None:
             progress(epoch + 1, config.epochs)
     model.eval()
+    model.quant_on = True
     with torch.no_grad():
         out = model(helper.x_test).numpy()
     if task.kind == "regression":
