@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -573,6 +574,240 @@ def dataset_export(
     typer.echo(f"wrote {count} rows to {csv_out}")
 
 
+# ---------------------------------------------------------------------------- NAGAN
+def _stage_progress(con: Any) -> tuple[Any, Callable[[str, int, int, dict[str, float]], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        console=con,
+    )
+    jobs: dict[str, Any] = {}
+
+    def report(stage: str, i: int, n: int, stats: dict[str, float]) -> None:
+        if stage not in jobs:
+            jobs[stage] = bar.add_task(stage, total=n, stats="")
+        bar.update(
+            jobs[stage], completed=i, stats=" ".join(f"{k}={v:.4f}" for k, v in stats.items())
+        )
+
+    return bar, report
+
+
+@app.command()
+def train(
+    db: Annotated[Path, typer.Option(help="Dataset file made by `inag sample`.")],
+    out: Annotated[Path, typer.Option(help="Artifact to write (safetensors + metadata).")],
+    seed: Annotated[int, typer.Option(help="Seed of splits, initialization and GAN noise.")] = 0,
+    gan_steps: Annotated[int, typer.Option(min=1, help="Generator/discriminator updates.")] = 3000,
+    enc_epochs: Annotated[int, typer.Option(min=1, help="Encoder training epochs.")] = 300,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N rows (dataset-size studies).")
+    ] = None,
+) -> None:
+    """Train the surrogate encoder, then NAGAN, on a dataset; save one verified artifact."""
+    from inag.dataset import DatasetStore
+    from inag.nagan import NaganConfig, fit_nagan
+
+    with DatasetStore(db) as store:
+        archs, perf = store.archs_and_performance()
+        meta = store.meta()
+    if limit is not None:
+        archs, perf = archs[:limit], perf[:limit]
+    space = _dataset_space(meta)
+    cfg = NaganConfig(seed=seed, gan_steps=gan_steps, enc_epochs=enc_epochs)
+    con = _console(stderr=True)
+    bar, report = _stage_progress(con)
+    t0 = time.perf_counter()
+    with bar:
+        model, rep = fit_nagan(
+            space,
+            archs,
+            perf,
+            meta["task"],
+            meta["task_kind"],
+            cfg,
+            report,
+            info={"dataset": str(db), "trainer": meta["trainer"], "data_seed": meta["data_seed"]},
+        )
+    model.save(out)
+    typer.echo(
+        f"encoder: held-out R2 {rep.r2:.4f}, Kendall tau {rep.kendall_tau:.4f} "
+        f"({rep.n_train} train / {rep.n_val} held-out rows, {rep.seconds:.1f} s)"
+    )
+    typer.echo(
+        f"NAGAN: {gan_steps} steps, {model.meta['gan_seconds']:.1f} s; total "
+        f"{time.perf_counter() - t0:.1f} s; performance range p_min={model.p_min:.4f} "
+        f"P_R={model.p_range:.4f}"
+    )
+    typer.echo(f"wrote {out}")
+
+
+def _dataset_space(meta: dict[str, Any]) -> Any:
+    from inag.space import load_space
+
+    sp = meta["space"]
+    return load_space(sp["name"]).bind(sp["input_shape"], sp["output_size"])
+
+
+def _load_model(path: Path) -> Any:
+    from inag.nagan import Nagan
+
+    return Nagan.load(path)
+
+
+@app.command()
+def generate(
+    model: Annotated[Path, typer.Option(help="NAGAN artifact from `inag train`.")],
+    condition: Annotated[
+        float | None, typer.Option(help="Normalized condition c in [0, 1].")
+    ] = None,
+    perf: Annotated[
+        float | None,
+        typer.Option(
+            help="Raw target performance (R2 or accuracy), normalized with the model's range."
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="Bag size.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="JSON-lines file (default: stdout).")] = None,
+) -> None:
+    """Generate a bag of architectures for a target; JSON lines with estimate and Dist_f."""
+    m = _load_model(model)
+    if (condition is None) == (perf is None):
+        raise CliError("give exactly one of --condition (normalized) or --perf (raw)")
+    c = float(m.normalize(perf)) if perf is not None else float(condition)  # type: ignore[arg-type]
+    if not -0.5 <= c <= 1.5:
+        raise CliError(
+            f"condition {c:.3f} is far outside the model's range [0, 1] (p_min="
+            f"{m.p_min:.4f}, P_R={m.p_range:.4f})"
+        )
+    bag = m.generate(c, n, seed=seed)
+    est = m.estimate(bag)
+    lines = [
+        json.dumps(
+            {
+                "arch_id": a.arch_id,
+                "arch": a.to_dict(),
+                "condition": c,
+                "estimate_c": float(e),
+                "estimate_perf": float(m.denormalize(e)),
+                "dist_f": float(abs(e - c)),
+            }
+        )
+        for a, e in zip(bag, est, strict=True)
+    ]
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+    else:
+        for ln in lines:
+            typer.echo(ln)
+    uniq = len({a.arch_id for a in bag})
+    typer.echo(
+        f"condition {c:.3f}: {n} generated, {uniq} unique ({uniq / n:.1%}); mean "
+        f"Dist_f {float(abs(est - c).mean()):.4f}",
+        err=True,
+    )
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="NAGAN artifact from `inag train`.")],
+    real: Annotated[int, typer.Option("--real", min=1, help="Nets trained per condition.")] = 8,
+    n: Annotated[int, typer.Option("-n", min=1, help="Bag size per condition.")] = 1000,
+    threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
+    out: Annotated[Path, typer.Option(help="Report directory.")] = Path("runs/report"),
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    noise: Annotated[
+        int,
+        typer.Option(help="Dataset archs retrained with 5 seeds for the noise floor (0: skip)."),
+    ] = 20,
+    train_sizes: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated dataset sizes to retrain on (Fig. 4a), e.g. 250,500,1000."
+        ),
+    ] = None,
+) -> None:
+    """The paper's sweep c = 0.1..1.0: mDist_f, mDist_r, baselines, noise floor, report.md."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from inag.dataset import DatasetStore
+    from inag.evaluate import evaluate as run_eval
+    from inag.evaluate import noise_floor, write_report
+    from inag.nagan import fit_nagan
+    from inag.trainer import TrainerConfig
+
+    m = _load_model(model)
+    db = m.meta.get("dataset")
+    if not db or not Path(db).is_file():
+        raise CliError(
+            f"the model's dataset {db!r} is not available (needed for the trainer "
+            "budget, baselines and noise floor)"
+        )
+    with DatasetStore(db) as store:
+        archs, perf = store.archs_and_performance()
+        meta = store.meta()
+    trainer = TrainerConfig(**meta["trainer"])
+    con = _console(stderr=True)
+    con.print(f"evaluating {model} on {m.task}: K={real}, bag {n}")
+    rep = run_eval(
+        m,
+        trainer,
+        meta["data_seed"],
+        k=real,
+        n_bag=n,
+        threshold=threshold,
+        seed=seed,
+        dataset=(archs, perf),
+        progress=lambda s: con.print(s),
+    )
+    extra: dict[str, Any] = {
+        "encoder held-out R2": f"{m.meta['encoder']['r2']:.4f}",
+        "encoder Kendall tau": f"{m.meta['encoder']['kendall_tau']:.4f}",
+        "dataset rows": m.meta["dataset_size"],
+        "performance range": f"p_min={m.p_min:.4f}, P_R={m.p_range:.4f}",
+    }
+    if noise:
+        rng = np.random.default_rng(seed)
+        pick = [
+            archs[i] for i in rng.choice(len(archs), size=min(noise, len(archs)), replace=False)
+        ]
+        nf = noise_floor(pick, m.task, meta["data_seed"], trainer, m.p_range)
+        extra["noise floor (mean |p - mean p| / P_R, 5 seeds)"] = f"{nf * 100:.2f} %"
+    sizes: list[tuple[int, float]] = []
+    if train_sizes:
+        for size in [int(s) for s in train_sizes.split(",")]:
+            cfg = replace(m.config, seed=seed)
+            sub, _ = fit_nagan(m.space, archs[:size], perf[:size], m.task, m.task_kind, cfg)
+            r = run_eval(
+                sub,
+                trainer,
+                meta["data_seed"],
+                k=max(2, real // 2),
+                n_bag=n,
+                threshold=threshold,
+                seed=seed,
+            )
+            sizes.append((size, r.m_dist("nagan", "r")))
+            con.print(f"  size {size}: mDist_r {sizes[-1][1]:.2f} %")
+    files = write_report(rep, m, out, extra, sizes)
+    for meth in rep.results:
+        typer.echo(
+            f"{meth:<16} mDist_f {rep.m_dist(meth, 'f'):6.2f} %  mDist_r "
+            f"{rep.m_dist(meth, 'r'):6.2f} %  diversity {rep.diversity(meth):.3f}"
+        )
+    for k, v in extra.items():
+        typer.echo(f"{k}: {v}")
+    typer.echo(f"wrote {', '.join(str(out / f) for f in files)} ({rep.seconds:.0f} s)")
+
+
 # ---------------------------------------------------------------------------- entry point
 def _known_errors() -> tuple[type[BaseException], ...]:
     from hwmodels.base import HardwareModelError
@@ -589,7 +824,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         HardwareModelError,
         IRError,
     ]
-    for mod, name in (("inag.tasks", "TaskError"), ("inag.dataset", "DatasetError")):
+    for mod, name in (
+        ("inag.tasks", "TaskError"),
+        ("inag.dataset", "DatasetError"),
+        ("inag.nagan", "ModelError"),
+        ("export.errors", "ExportError"),
+    ):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):
             errors.append(getattr(module, name))

@@ -317,8 +317,8 @@ def test_decode_depth_picks_highest_masks(mlp_space):
     vec = np.zeros(mlp_space.dim)
     slot = mlp_space.blocks[0].slot_len  # mask, bits, width
     vec[3 * slot : 3 * slot + 3] = [0.9, 1.0, 1.0]  # slot 3 on: 64@8
-    vec[5 * slot : 5 * slot + 3] = [0.7, 0.0, 0.0]  # slot 5 on: 4@2
-    assert mlp_space.decode(vec).layers == (LayerSpec(64, 8), LayerSpec(4, 2))
+    vec[5 * slot : 5 * slot + 3] = [0.7, 0.0, 0.0]  # slot 5 on: 2@2
+    assert mlp_space.decode(vec).layers == (LayerSpec(64, 8), LayerSpec(2, 2))
 
 
 def test_decode_only_ever_reduces_pool_and_stride(tiny_space):
