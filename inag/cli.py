@@ -446,6 +446,12 @@ def sample(
             "fake quantization starts (Jacob et al.'s delayed quantization).",
         ),
     ] = 0.5,
+    restarts: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Initializations per architecture; the best on validation counts."
+        ),
+    ] = 3,
     chunk: Annotated[
         int,
         typer.Option(
@@ -806,6 +812,208 @@ def evaluate(
     for k, v in extra.items():
         typer.echo(f"{k}: {v}")
     typer.echo(f"wrote {', '.join(str(out / f) for f in files)} ({rep.seconds:.0f} s)")
+
+
+# ---------------------------------------------------------------------------- select
+def default_model_path() -> Path:
+    """The generator shipped with the package (data_a, MLP space)."""
+    from importlib import resources
+
+    return Path(str(resources.files("inag").joinpath("models/data_a.nagan")))
+
+
+@app.command()
+def select(
+    platform: Annotated[
+        list[str],
+        typer.Option(
+            "--platform", "-p", help="Platform YAML or bundled name; repeat for several."
+        ),
+    ] = ["cortex_m"],  # noqa: B006 - typer needs a list default
+    model: Annotated[
+        Path | None, typer.Option(help="NAGAN artifact (default: the bundled data_a generator).")
+    ] = None,
+    perf: Annotated[
+        float | None, typer.Option(help="Raw target performance (R2 or accuracy).")
+    ] = None,
+    condition: Annotated[
+        float | None, typer.Option(help="Normalized target c in [0, 1] (default 0.9).")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="Bag size.")] = 5000,
+    top: Annotated[int, typer.Option(min=1, help="Ranked nets to show and save.")] = 5,
+    threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
+    rank_by: Annotated[str, typer.Option(help="dist_f, storage, energy or latency.")] = "dist_f",
+    max_storage: Annotated[
+        float | None,
+        typer.Option(help="Normalized storage limit (eq. 2 / largest arch), e.g. 0.21."),
+    ] = None,
+    max_energy: Annotated[
+        float | None,
+        typer.Option(help="Normalized energy limit (eq. 3 / largest arch), e.g. 0.21."),
+    ] = None,
+    max_storage_kb: Annotated[float | None, typer.Option(help="Eq. 2 storage limit, KB.")] = None,
+    max_energy_uj: Annotated[float | None, typer.Option(help="Energy limit, uJ.")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option(help="Latency limit, ms.")] = None,
+    max_flash_kb: Annotated[float | None, typer.Option(help="Flash limit, KB.")] = None,
+    max_sram_kb: Annotated[float | None, typer.Option(help="SRAM limit, KB.")] = None,
+    floor: Annotated[float, typer.Option(help="Lowest condition re-conditioning may try.")] = 0.05,
+    step: Annotated[float, typer.Option(help="Re-conditioning step.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the selection (readable by `inag export`)."),
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Pareto plot PNG of the whole bag.")] = None,
+) -> None:
+    """Generate one bag for a target and keep, per platform, the nets that fit its budgets."""
+    from inag.platform import load_platform
+    from inag.select import SelectionError, limit_overrides
+    from inag.select import select as run_select
+
+    t_load = time.perf_counter()
+    m = _load_model(model or default_model_path())
+    plats = [load_platform(p) for p in platform]
+    if perf is not None and condition is not None:
+        raise CliError("give at most one of --perf (raw) and --condition (normalized)")
+    c = float(m.normalize(perf)) if perf is not None else (0.9 if condition is None else condition)
+    overrides = limit_overrides(
+        max_storage,
+        max_energy,
+        max_storage_kb,
+        max_energy_uj,
+        max_latency_ms,
+        max_flash_kb,
+        max_sram_kb,
+    )
+    t0 = time.perf_counter()
+    try:
+        sels, tries = run_select(
+            m,
+            plats,
+            c,
+            n=n,
+            threshold=threshold,
+            rank_by=rank_by,
+            overrides=overrides,
+            seed=seed,
+            step=step,
+            floor=floor,
+        )
+    except SelectionError as exc:
+        raise CliError(str(exc)) from None
+    dt = time.perf_counter() - t0
+    con = _console()
+    from rich.table import Table
+
+    con.print(
+        f"model {model or default_model_path()} ({m.task}); target c={c:.3f} "
+        f"(perf {float(m.denormalize(c)):.4f}); bag {n}; loaded in "
+        f"{t0 - t_load:.2f} s, selected in {dt:.2f} s"
+    )
+    records = []
+    for sel in sels:
+        tr = tries[sel.platform]
+        if len(tr) > 1:
+            con.print(
+                f"[yellow]{sel.platform}: re-conditioned {len(tr) - 1} time(s):[/yellow] "
+                + ", ".join(f"c={a.condition:.2f} -> {a.survivors} fit" for a in tr)
+            )
+        con.print(
+            f"[bold]{sel.platform}[/bold] funnel: generated {len(sel.bag.archs)} -> "
+            + " -> ".join(f"{f.name} {f.kept}" for f in sel.funnel)
+        )
+        recs = sel.records(m, top)
+        t = Table(show_edge=False)
+        for col in (
+            "#",
+            "architecture",
+            "est. perf",
+            "Dist_f",
+            "storage KB",
+            "energy uJ",
+            "latency ms",
+            "storage n",
+            "energy n",
+        ):
+            t.add_column(col, justify="right" if col != "architecture" else "left")
+        for r in recs:
+            t.add_row(
+                str(r["rank"]),
+                r["summary"],
+                f"{r['estimate_perf']:.4f}",
+                f"{r['dist_f']:.4f}",
+                f"{r['storage_bits'] / 8192:.2f}",
+                f"{r['energy_j'] * 1e6:.3f}",
+                f"{r['latency_s'] * 1e3:.3f}",
+                f"{r['storage_norm']:.4f}",
+                f"{r['energy_norm']:.4f}",
+            )
+        con.print(t)
+        records.append(
+            {
+                "platform": sel.platform,
+                "condition": sel.condition,
+                "tries": [{"condition": a.condition, "survivors": a.survivors} for a in tr],
+                "funnel": [{"stage": f.name, "kept": f.kept} for f in sel.funnel],
+                "selected": recs,
+            }
+        )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(
+            json.dumps(
+                {
+                    "model": str(model or default_model_path()),
+                    "task": m.task,
+                    "task_kind": m.task_kind,
+                    "condition": c,
+                    "bag": n,
+                    "select_seconds": dt,
+                    "platforms": records,
+                    "selected": records[0]["selected"],
+                },
+                indent=2,
+            )
+        )
+        con.print(f"wrote {json_out}")
+    if plot:
+        _pareto_plot(sels, m, plot)
+        con.print(f"wrote {plot}")
+
+
+def _pareto_plot(sels: Any, m: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    bag = sels[0].bag
+    ax.scatter(
+        bag.costs.normalized("storage"),
+        m.denormalize(bag.estimate),
+        s=4,
+        c="0.7",
+        label=f"bag ({len(bag.archs)})",
+    )
+    for sel, mk in zip(sels, "o^sDv", strict=False):
+        idx = np.asarray(sel.chosen[:5])
+        ax.scatter(
+            sel.bag.costs.normalized("storage")[idx],
+            m.denormalize(sel.bag.estimate[idx]),
+            marker=mk,
+            s=40,
+            label=f"selected: {sel.platform}",
+        )
+    ax.set_xlabel("normalized storage (eq. 2)")
+    ax.set_ylabel("estimated performance")
+    ax.set_title(f"{m.task}: generated bag at c={bag.condition:.2f}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- entry point

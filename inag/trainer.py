@@ -45,11 +45,14 @@ class TrainerConfig:
     act_ema: float = 0.9  # EMA momentum of the activation range (Jacob et al. 2017)
     seed: int = 0
     schedule: str = "cosine"  # "cosine" (to 0 over the run) or "constant"
+    restarts: int = 3  # initializations per arch; the best on validation counts
     quant_delay: float = 0.5  # fraction of steps trained in float before fake quantization
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"invalid trainer config {self}: epochs, batch_size >= 1, lr > 0")
+        if self.restarts < 1:
+            raise ValueError(f"restarts must be >= 1, found {self.restarts}")
         if not 0.0 <= self.quant_delay < 1.0:
             raise ValueError(f"quant_delay must be in [0, 1), found {self.quant_delay}")
         if self.schedule not in ("cosine", "constant"):
@@ -175,7 +178,13 @@ class _Class:
 class _Plan:
     """Static layout of one chunk of nets: padded widths, classes per layer, offsets."""
 
-    def __init__(self, archs: Sequence[ArchSpec], seed: int, bsz: int):
+    def __init__(
+        self,
+        archs: Sequence[ArchSpec],
+        seed: int,
+        bsz: int,
+        init_keys: Sequence[str] | None = None,
+    ):
         self.n = len(archs)
         true_w = [_widths(a) for a in archs]
         self.grid = choose_grid(true_w, bsz)
@@ -197,7 +206,8 @@ class _Plan:
         q_w: list[float] = []
         inits = []
         for a, ws in zip(archs, true_w, strict=True):
-            gen = torch.Generator().manual_seed(net_seed(seed, a.arch_id))
+            key = a.arch_id if init_keys is None else init_keys[len(inits)]
+            gen = torch.Generator().manual_seed(net_seed(seed, key))
             inits.append([init_dense(gen, ws[j], ws[j + 1]) for j in range(len(ws) - 1)])
         w_off = b_off = 0
         for li in range(self.n_layers):
@@ -395,6 +405,7 @@ class BatchedMLPTrainer:
         self.s_x = quant.input_scale(x_tr)
         self.x_train = self._quant_input(x_tr)
         self.x_test = self._quant_input(task.x_test.reshape(len(task.x_test), -1))
+        self.x_val = self._quant_input(task.x_val.reshape(len(task.x_val), -1))
         ydt = torch.float32 if task.kind == "regression" else torch.int64
         self.y_train = torch.tensor(np.array(task.y_train), dtype=ydt)
         self.last_plan: _Plan | None = None
@@ -407,20 +418,35 @@ class BatchedMLPTrainer:
     def train(
         self, archs: Sequence[ArchSpec], progress: Callable[[int, int], None] | None = None
     ) -> list[TrainResult]:
-        """Train ``archs`` together; one result per arch, in order."""
+        """Train ``archs`` together; one result per arch, in order.
+
+        With ``config.restarts`` > 1 every arch is trained from that many initializations and
+        reports the test performance of the restart with the best validation performance:
+        the performance of an *architecture*, not of one lucky or unlucky initialization.
+        """
         t0 = time.perf_counter()
-        plan = _Plan(archs, self.config.seed, min(self.config.batch_size, len(self.x_train)))
+        r = self.config.restarts
+        runs = [a for a in archs for _ in range(r)]
+        keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(r)]
+        plan = _Plan(runs, self.config.seed, min(self.config.batch_size, len(self.x_train)), keys)
         self.last_plan = plan
         st = _State(plan)
         losses, failed = self._fit(plan, st, progress)
-        perf = self._evaluate(plan, st)
+        perf = self._evaluate(plan, st, self.x_test, self.task.y_test)
+        val = (
+            self._evaluate(plan, st, self.x_val, self.task.y_val) if r > 1 else np.zeros(len(runs))
+        )
         dt = (time.perf_counter() - t0) / max(len(archs), 1)
         out = []
         for i, a in enumerate(archs):
-            if failed[i]:
-                out.append(TrainResult(a.arch_id, "failed", 0.0, float("nan"), failed[i], dt))
-            else:
-                out.append(TrainResult(a.arch_id, "ok", float(perf[i]), float(losses[i]), "", dt))
+            idx = [i * r + j for j in range(r) if not failed[i * r + j]]
+            if not idx:
+                out.append(TrainResult(a.arch_id, "failed", 0.0, float("nan"), failed[i * r], dt))
+                continue
+            best = max(idx, key=lambda j: (val[j], -j))
+            out.append(
+                TrainResult(a.arch_id, "ok", float(perf[best]), float(losses[best]), "", dt)
+            )
         return out
 
     # ------------------------------------------------------------------ internals
@@ -573,15 +599,15 @@ class BatchedMLPTrainer:
         return last.numpy(), failed
 
     @torch.no_grad()
-    def _evaluate(self, plan: _Plan, st: _State) -> np.ndarray:
+    def _evaluate(self, plan: _Plan, st: _State, x: torch.Tensor, y: np.ndarray) -> np.ndarray:
         preds = []
-        for start in range(0, len(self.x_test), 1024):
-            buf = self._forward(plan, st, self.x_test[start : start + 1024], train=False)
+        for start in range(0, len(x), 1024):
+            buf = self._forward(plan, st, x[start : start + 1024], train=False)
             preds.append(buf.pred[plan.head_pos].clone())
         out = torch.cat(preds, dim=1).numpy()
         if self.task.kind == "regression":
             out = out[..., 0]
-        return performance_batch(self.task.kind, np.asarray(self.task.y_test), out)
+        return performance_batch(self.task.kind, np.asarray(y), out)
 
 
 class _State:

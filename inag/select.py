@@ -1,0 +1,306 @@
+"""INAG's selecting stages (paper section 4): a flat pipeline over a generated bag.
+
+Constraints are applied *after* generation: NAGAN proposes a bag for a target performance, and
+small stages, each with one job, keep the candidates that fit a platform — confidence
+(Dist_f), supported bit-widths, storage, energy, latency, memory fit — before the output
+selector ranks the survivors. When nothing survives, re-conditioning lowers the target and
+generates a new bag (section 4.1), down to a floor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hwmodels import PlatformCoster
+from hwmodels.costing import LIMITS, CostResult
+from inag.arch import ArchSpec
+from inag.nagan import Nagan
+from inag.platform import Platform
+
+RANK_KEYS = ("dist_f", "storage", "energy", "latency")
+
+
+class SelectionError(ValueError):
+    """Nothing fits, even at the lowest condition; the message says why."""
+
+
+@dataclass(frozen=True)
+class Bag:
+    """A generated bag with everything the stages look at (arrays indexed like ``archs``)."""
+
+    condition: float
+    archs: tuple[ArchSpec, ...]
+    estimate: np.ndarray  # encoder estimate, normalized units
+    dist_f: np.ndarray
+    costs: CostResult
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    kept: int
+    removed: int
+    worst_miss: str = ""  # for the stage that removed the last candidates
+
+
+class Stage:
+    """One selecting stage: a boolean keep-mask over the bag."""
+
+    name: str = "stage"
+
+    def keep(self, bag: Bag) -> np.ndarray:
+        raise NotImplementedError
+
+    def miss(self, bag: Bag, removed: np.ndarray) -> str:
+        """How far the removed candidates were from passing (for the error message)."""
+        return ""
+
+
+@dataclass
+class ConfidenceStage(Stage):
+    threshold: float
+    name: str = "confidence"
+
+    def keep(self, bag: Bag) -> np.ndarray:
+        return bag.dist_f <= self.threshold
+
+    def miss(self, bag: Bag, removed: np.ndarray) -> str:
+        best = float(bag.dist_f[removed].min())
+        return f"closest Dist_f {best:.4f} > threshold {self.threshold}"
+
+
+@dataclass
+class BitsStage(Stage):
+    supported: tuple[int, ...]
+    name: str = "bits"
+
+    def keep(self, bag: Bag) -> np.ndarray:
+        ok = set(self.supported)
+        return np.array(
+            [
+                all(layer.bits in ok for layer in a.layers) and a.output_bits in ok
+                for a in bag.archs
+            ],
+            dtype=bool,
+        )
+
+    def miss(self, bag: Bag, removed: np.ndarray) -> str:
+        return f"every candidate uses a bit-width outside {list(self.supported)}"
+
+
+@dataclass
+class LimitStage(Stage):
+    """Keep candidates whose value of ``limits`` (names of hwmodels.costing.LIMITS) fit."""
+
+    name: str
+    limits: dict[str, float] = field(default_factory=dict)
+
+    def keep(self, bag: Bag) -> np.ndarray:
+        ok = np.ones(len(bag.archs), dtype=bool)
+        for lim, mx in self.limits.items():
+            ok &= bag.costs.value(lim) <= mx
+        return ok
+
+    def miss(self, bag: Bag, removed: np.ndarray) -> str:
+        parts = []
+        for lim, mx in self.limits.items():
+            v = bag.costs.value(lim)[removed]
+            best = float(v.min())
+            if best > mx:
+                parts.append(
+                    f"{lim}: best {best:.4g} vs limit {mx:.4g} "
+                    f"({(best / mx - 1) * 100:.1f} % over)"
+                )
+        return "; ".join(parts)
+
+
+def build_stages(
+    platform: Platform,
+    coster: PlatformCoster,
+    threshold: float,
+    overrides: dict[str, float | None] | None = None,
+) -> list[Stage]:
+    """The standard pipeline for a platform, limits from its YAML plus CLI overrides."""
+    limits = coster.limits(overrides)
+    groups = (
+        ("storage", ("max_storage_bits", "max_storage_norm")),
+        ("energy", ("max_energy_j", "max_energy_norm")),
+        ("latency", ("max_latency_s",)),
+        ("memory fit", ("max_flash_bytes", "max_sram_bytes")),
+    )
+    stages: list[Stage] = [
+        ConfidenceStage(threshold),
+        BitsStage(tuple(platform.capability.numerics.supported_bits)),
+    ]
+    for name, names in groups:
+        chosen = {n: limits[n] for n in names if n in limits}
+        if chosen:
+            stages.append(LimitStage(name, chosen))
+    return stages
+
+
+def rank(bag: Bag, idx: np.ndarray, by: str) -> np.ndarray:
+    """Order survivors by ``by`` (ties: Dist_f, then storage, then arch_id — deterministic)."""
+    if by not in RANK_KEYS:
+        raise SelectionError(f"unknown ranking {by!r}; choose one of {', '.join(RANK_KEYS)}")
+    primary = bag.dist_f if by == "dist_f" else bag.costs.totals[by]
+    ids = np.array([bag.archs[i].arch_id for i in idx])
+    keys = (ids, bag.costs.totals["storage"][idx], bag.dist_f[idx], primary[idx])
+    return idx[np.lexsort(keys)]
+
+
+@dataclass(frozen=True)
+class Selection:
+    platform: str
+    condition: float
+    funnel: tuple[StageResult, ...]
+    chosen: np.ndarray  # indices into bag, ranked
+    bag: Bag
+
+    def records(self, model: Nagan, top: int) -> list[dict[str, Any]]:
+        out = []
+        c = self.bag.costs
+        for r, i in enumerate(self.chosen[:top], 1):
+            a = self.bag.archs[i]
+            out.append(
+                {
+                    "rank": r,
+                    "arch_id": a.arch_id,
+                    "summary": a.summary(),
+                    "arch": a.to_dict(),
+                    "condition": self.condition,
+                    "estimate_perf": float(model.denormalize(self.bag.estimate[i])),
+                    "dist_f": float(self.bag.dist_f[i]),
+                    **{
+                        f"{role}_{unit}": float(c.totals[role][i])
+                        for role, unit in (
+                            ("storage", "bits"),
+                            ("flash", "bytes"),
+                            ("sram", "bytes"),
+                            ("energy", "j"),
+                            ("latency", "s"),
+                        )
+                        if role in c.totals
+                    },
+                    "storage_norm": float(c.normalized("storage")[i]),
+                    "energy_norm": float(c.normalized("energy")[i]),
+                }
+            )
+        return out
+
+
+def make_bag(
+    model: Nagan,
+    coster: PlatformCoster,
+    condition: float,
+    n: int,
+    seed: int,
+    archs: Sequence[ArchSpec] | None = None,
+) -> Bag:
+    from inag.space import largest_for
+
+    if archs is None:
+        archs = model.generate(condition, n, seed=seed)
+    est = model.estimate(archs)
+    coster._reference = coster._reference or largest_for  # normalization reference
+    return Bag(condition, tuple(archs), est, np.abs(est - condition), coster.cost(archs))
+
+
+def run_stages(bag: Bag, stages: Sequence[Stage], platform: str, rank_by: str) -> Selection:
+    alive = np.ones(len(bag.archs), dtype=bool)
+    funnel = []
+    for st in stages:
+        before = alive.copy()
+        alive &= st.keep(bag)
+        removed = before & ~alive
+        miss = st.miss(bag, removed) if not alive.any() and removed.any() else ""
+        funnel.append(StageResult(st.name, int(alive.sum()), int(removed.sum()), miss))
+        if not alive.any():
+            break
+    return Selection(
+        platform, bag.condition, tuple(funnel), rank(bag, np.flatnonzero(alive), rank_by), bag
+    )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    condition: float
+    survivors: int
+    funnel: tuple[StageResult, ...]
+
+
+def select(
+    model: Nagan,
+    platforms: Sequence[Platform],
+    condition: float,
+    n: int = 5000,
+    threshold: float = 0.05,
+    rank_by: str = "dist_f",
+    overrides: dict[str, float | None] | None = None,
+    seed: int = 0,
+    step: float = 0.05,
+    floor: float = 0.05,
+) -> tuple[list[Selection], dict[str, list[Attempt]]]:
+    """One bag, one selection per platform; re-condition per platform when nothing fits."""
+    from inag.space import largest_for
+
+    costers = {p.name: PlatformCoster(p, reference=largest_for) for p in platforms}
+    stages = {p.name: build_stages(p, costers[p.name], threshold, overrides) for p in platforms}
+    bags: dict[float, tuple[ArchSpec, ...]] = {}
+    out: list[Selection] = []
+    tries: dict[str, list[Attempt]] = {}
+    for p in platforms:
+        c = condition
+        tries[p.name] = []
+        attempt = 0
+        while True:
+            key = round(c, 6)
+            archs = bags.get(key)
+            bag = make_bag(
+                model, costers[p.name], c, n, seed + attempt if archs is None else seed, archs
+            )
+            bags.setdefault(key, bag.archs)
+            sel = run_stages(bag, stages[p.name], p.name, rank_by)
+            tries[p.name].append(Attempt(c, len(sel.chosen), sel.funnel))
+            if len(sel.chosen) or c - step < floor - 1e-9:
+                break
+            c = round(c - step, 6)
+            attempt += 1
+        if not len(sel.chosen):
+            last = sel.funnel[-1]
+            raise SelectionError(
+                f"nothing fits {p.name}, even after re-conditioning from c={condition:.2f} "
+                f"down to c={c:.2f} ({len(tries[p.name])} tries, bags of {n}): stage "
+                f"'{last.name}' removed the last {last.removed} candidates"
+                + (f" — {last.worst_miss}" if last.worst_miss else "")
+            )
+        out.append(sel)
+    return out, tries
+
+
+def limit_overrides(
+    max_storage: float | None = None,
+    max_energy: float | None = None,
+    max_storage_kb: float | None = None,
+    max_energy_uj: float | None = None,
+    max_latency_ms: float | None = None,
+    max_flash_kb: float | None = None,
+    max_sram_kb: float | None = None,
+) -> dict[str, float | None]:
+    """CLI overrides: ``max_storage``/``max_energy`` are normalized (Table 3), the rest absolute
+    in the units their names carry (storage KB is eq. 2 bits / 8192)."""
+    out: dict[str, float | None] = {
+        "max_storage_norm": max_storage,
+        "max_energy_norm": max_energy,
+        "max_storage_bits": None if max_storage_kb is None else max_storage_kb * 8192,
+        "max_energy_j": None if max_energy_uj is None else max_energy_uj * 1e-6,
+        "max_latency_s": None if max_latency_ms is None else max_latency_ms * 1e-3,
+        "max_flash_bytes": None if max_flash_kb is None else max_flash_kb * 1024,
+        "max_sram_bytes": None if max_sram_kb is None else max_sram_kb * 1024,
+    }
+    assert set(out) <= set(LIMITS)
+    return {k: v for k, v in out.items() if v is not None}
