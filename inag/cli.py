@@ -483,7 +483,12 @@ def sample(
     from inag.trainer import TrainerConfig
 
     trainer = TrainerConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, quant_delay=quant_delay
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        quant_delay=quant_delay,
+        restarts=restarts,
     )
     if backend == "local":
         be: Any = LocalBackend(workers)
