@@ -1078,7 +1078,7 @@ def _register_extensions() -> None:
     """Command groups that live in their own CLI modules (still CLI code: they may print)."""
     import importlib
 
-    for name in ("inag.cli_export",):
+    for name in ("inag.cli_export", "inag.cli_baseline"):
         try:
             importlib.import_module(name).register(app)
         except ModuleNotFoundError as exc:

@@ -56,14 +56,16 @@ class NaganConfig:
     enc_batch: int = 128
     enc_weight_decay: float = 1e-5
     latent_dim: int = 16
-    g_hidden: int = 256
+    g_hidden: int = 128
     d_hidden: int = 256
     gan_steps: int = 3000
     gan_batch: int = 128
     g_lr: float = 2e-4
     d_lr: float = 2e-4
     lambda_cond: float = 1.0  # ACGAN condition-reconstruction weight
-    lambda_enc: float = 10.0  # V(E): the frozen encoder teaches the generator
+    lambda_enc: float = 2.0  # V(E): the frozen encoder teaches the generator
+    lambda_ms: float = 1.0  # mode seeking (Mao et al. 2019): different z, different archs
+    real_label: float = 0.9  # one-sided label smoothing keeps D from winning outright
     init_d_from_encoder: bool = True
 
 
@@ -127,7 +129,7 @@ class Snapper:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            canon = torch.from_numpy(self.space.encode_many(self.archs(x.detach().numpy())))
+            canon = torch.from_numpy(self.space.canonical_many(x.detach().numpy()))
         return x + (canon - x).detach()
 
 
@@ -165,15 +167,40 @@ class Nagan:
         return self.encoder(x).numpy().astype(np.float64)
 
     @torch.no_grad()
-    def generate(self, condition: float, n: int, seed: int = 0) -> list[ArchSpec]:
-        """A bag of ``n`` architectures for normalized condition ``condition``."""
+    def estimate_encoded(self, x: np.ndarray) -> np.ndarray:
+        """Encoder estimate for canonical encodings (no ArchSpec objects needed)."""
+        self.encoder.eval()
+        return (
+            self.encoder(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+            .numpy()
+            .astype(np.float64)
+        )
+
+    @torch.no_grad()
+    def generate_encoded(self, condition: float, n: int, seed: int = 0) -> np.ndarray:
+        """Canonical encodings of a bag of ``n`` generated architectures (with repeats)."""
         if not math.isfinite(condition):
             raise ModelError(f"condition must be a finite number, found {condition}")
         gen = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.config.latent_dim, generator=gen)
         c = torch.full((n,), float(condition))
         self.generator.eval()
-        return self.space.decode_many(self.generator(z, c).numpy())
+        return self.space.canonical_many(self.generator(z, c).numpy())
+
+    def generate(self, condition: float, n: int, seed: int = 0) -> list[ArchSpec]:
+        """A bag of ``n`` architectures for normalized condition ``condition``."""
+        return self.space.decode_many(self.generate_encoded(condition, n, seed))
+
+    def generate_unique(
+        self, condition: float, n: int, seed: int = 0
+    ) -> tuple[list[ArchSpec], np.ndarray, np.ndarray]:
+        """Distinct architectures of a bag of ``n`` (in canonical-encoding order), how often
+        each was generated, and their encodings."""
+        enc = np.ascontiguousarray(self.generate_encoded(condition, n, seed))
+        rows = enc.view(np.dtype((np.void, enc.dtype.itemsize * enc.shape[1]))).ravel()
+        _, first, counts = np.unique(rows, return_index=True, return_counts=True)
+        uniq = enc[first]
+        return self.space.decode_many(uniq), counts, uniq
 
     def dist_f(self, archs: Sequence[ArchSpec], condition: float) -> np.ndarray:
         """Paper eq. 1 with the encoder: |Test_f(m) - c| in normalized units."""
@@ -410,13 +437,24 @@ def train_gan(
         # --- generator: fool D, condition read back by D and by the frozen encoder (V(E))
         z = torch.randn(m, cfg.latent_dim, generator=gen_rng)
         cg = torch.rand(m, generator=gen_rng)
-        xf = snap(G(z, cg))
+        raw = G(z, cg)
+        xf = snap(raw)
         lf, cf_hat = D(xf)
         enc = encoder(xf)
         loss_adv = bce(lf, torch.ones(m))
         loss_cond = ((cf_hat - cg) ** 2).mean()
         loss_enc = ((enc - cg) ** 2).mean()
-        loss_g = loss_adv + cfg.lambda_cond * loss_cond + cfg.lambda_enc * loss_enc
+        # mode seeking: pairs of noise vectors at the same condition should differ in output
+        half = m // 2
+        dz = (z[:half] - z[half : 2 * half]).abs().mean(dim=1)
+        dx = (raw[:half] - G(z[half : 2 * half], cg[:half])).abs().mean(dim=1)
+        loss_ms = 1.0 / ((dx / dz).mean() + 1e-5)
+        loss_g = (
+            loss_adv
+            + cfg.lambda_cond * loss_cond
+            + cfg.lambda_enc * loss_enc
+            + cfg.lambda_ms * loss_ms
+        )
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

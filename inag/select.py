@@ -30,13 +30,19 @@ class SelectionError(ValueError):
 
 @dataclass(frozen=True)
 class Bag:
-    """A generated bag with everything the stages look at (arrays indexed like ``archs``)."""
+    """The distinct architectures of a generated bag, with everything the stages look at.
+
+    Arrays are indexed like ``archs`` (sorted by canonical encoding, so order is content-
+    determined); ``counts`` says how often the generator produced each.
+    """
 
     condition: float
     archs: tuple[ArchSpec, ...]
     estimate: np.ndarray  # encoder estimate, normalized units
     dist_f: np.ndarray
     costs: CostResult
+    counts: np.ndarray
+    generated: int
 
 
 @dataclass(frozen=True)
@@ -144,12 +150,11 @@ def build_stages(
 
 
 def rank(bag: Bag, idx: np.ndarray, by: str) -> np.ndarray:
-    """Order survivors by ``by`` (ties: Dist_f, then storage, then arch_id — deterministic)."""
+    """Order survivors by ``by``; ties by Dist_f, storage, then the content-sorted position."""
     if by not in RANK_KEYS:
         raise SelectionError(f"unknown ranking {by!r}; choose one of {', '.join(RANK_KEYS)}")
     primary = bag.dist_f if by == "dist_f" else bag.costs.totals[by]
-    ids = np.array([bag.archs[i].arch_id for i in idx])
-    keys = (ids, bag.costs.totals["storage"][idx], bag.dist_f[idx], primary[idx])
+    keys = (idx, bag.costs.totals["storage"][idx], bag.dist_f[idx], primary[idx])
     return idx[np.lexsort(keys)]
 
 
@@ -173,6 +178,7 @@ class Selection:
                     "summary": a.summary(),
                     "arch": a.to_dict(),
                     "condition": self.condition,
+                    "generated_count": int(self.bag.counts[i]),
                     "estimate_perf": float(model.denormalize(self.bag.estimate[i])),
                     "dist_f": float(self.bag.dist_f[i]),
                     **{
@@ -193,21 +199,23 @@ class Selection:
         return out
 
 
-def make_bag(
-    model: Nagan,
-    coster: PlatformCoster,
-    condition: float,
-    n: int,
-    seed: int,
-    archs: Sequence[ArchSpec] | None = None,
-) -> Bag:
-    from inag.space import largest_for
+@dataclass(frozen=True)
+class Generated:
+    condition: float
+    archs: tuple[ArchSpec, ...]
+    counts: np.ndarray
+    estimate: np.ndarray
+    n: int
 
-    if archs is None:
-        archs = model.generate(condition, n, seed=seed)
-    est = model.estimate(archs)
-    coster._reference = coster._reference or largest_for  # normalization reference
-    return Bag(condition, tuple(archs), est, np.abs(est - condition), coster.cost(archs))
+
+def generate_bag(model: Nagan, condition: float, n: int, seed: int) -> Generated:
+    archs, counts, enc = model.generate_unique(condition, n, seed=seed)
+    return Generated(condition, tuple(archs), counts, model.estimate_encoded(enc), n)
+
+
+def make_bag(coster: PlatformCoster, gen: Generated) -> Bag:
+    return Bag(gen.condition, gen.archs, gen.estimate, np.abs(gen.estimate - gen.condition),
+               coster.cost(gen.archs), gen.counts, gen.n)
 
 
 def run_stages(bag: Bag, stages: Sequence[Stage], platform: str, rank_by: str) -> Selection:
@@ -250,7 +258,7 @@ def select(
 
     costers = {p.name: PlatformCoster(p, reference=largest_for) for p in platforms}
     stages = {p.name: build_stages(p, costers[p.name], threshold, overrides) for p in platforms}
-    bags: dict[float, tuple[ArchSpec, ...]] = {}
+    bags: dict[float, Generated] = {}
     out: list[Selection] = []
     tries: dict[str, list[Attempt]] = {}
     for p in platforms:
@@ -259,11 +267,9 @@ def select(
         attempt = 0
         while True:
             key = round(c, 6)
-            archs = bags.get(key)
-            bag = make_bag(
-                model, costers[p.name], c, n, seed + attempt if archs is None else seed, archs
-            )
-            bags.setdefault(key, bag.archs)
+            if key not in bags:
+                bags[key] = generate_bag(model, c, n, seed + attempt)
+            bag = make_bag(costers[p.name], bags[key])
             sel = run_stages(bag, stages[p.name], p.name, rank_by)
             tries[p.name].append(Attempt(c, len(sel.chosen), sel.funnel))
             if len(sel.chosen) or c - step < floor - 1e-9:

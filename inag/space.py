@@ -285,6 +285,36 @@ class SearchSpace:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self.encode(a) for a in archs])
 
+    def canonical_many(self, matrix: np.ndarray) -> np.ndarray:
+        """``encode(decode(row))`` for every row, vectorized (the slow path only for CNNs)."""
+        m = np.asarray(matrix, dtype=np.float64)
+        if m.ndim != 2 or m.shape[1] != self.dim:
+            raise SpaceError(
+                f"expected a (n, {self.dim}) matrix for space {self.name!r}, found shape {m.shape}"
+            )
+        if self.kind != "mlp":
+            return self.encode_many(self.decode_many(m))
+        m = np.clip(np.nan_to_num(m, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        n = m.shape[0]
+        (b,) = self.blocks
+        sl = m.reshape(n, b.max_depth, b.slot_len)
+        masks = sl[:, :, 0]
+        depth = np.clip((masks > 0.5).sum(1), b.min_depth, b.max_depth)
+        order = np.argsort(-masks, axis=1, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(b.max_depth)[None, :].repeat(n, 0), 1)
+        active = rank < depth[:, None]
+        # pack the active slots first, keeping their order
+        pos = np.argsort(~active, axis=1, kind="stable")
+        packed = np.take_along_axis(sl, pos[:, :, None], axis=1)
+        out = np.zeros_like(packed)
+        keep = np.arange(b.max_depth)[None, :] < depth[:, None]
+        for j, count in enumerate((len(self.bits), len(b.widths))):
+            out[:, :, 1 + j] = np.rint(packed[:, :, 1 + j] * (count - 1)) / (count - 1)
+        out[:, :, 0] = 1.0
+        out *= keep[:, :, None]
+        return out.reshape(n, -1).astype(np.float32)
+
     def decode(self, vector: Sequence[float] | np.ndarray) -> ArchSpec:
         return self.decode_many(np.asarray(vector, dtype=np.float64)[None, :])[0]
 
@@ -364,8 +394,16 @@ class SearchSpace:
         return fixed
 
 
+_LAYER_CACHE: dict[tuple, LayerSpec] = {}
+
+
 def _layer(kind: str, bits: int, kw: dict[str, int]) -> LayerSpec:
-    return LayerSpec(kind=kind, bits=bits, **kw)  # type: ignore[arg-type]
+    """LayerSpecs are immutable: decode reuses one instance per distinct layer."""
+    key = (kind, bits, *sorted(kw.items()))
+    layer = _LAYER_CACHE.get(key)
+    if layer is None:
+        layer = _LAYER_CACHE[key] = LayerSpec(kind=kind, bits=bits, **kw)  # type: ignore[arg-type]
+    return layer
 
 
 def _ordinal(choices: Sequence[int], value: int) -> float:
