@@ -613,13 +613,19 @@ def train(
     db: Annotated[Path, typer.Option(help="Dataset file made by `inag sample`.")],
     out: Annotated[Path, typer.Option(help="Artifact to write (safetensors + metadata).")],
     seed: Annotated[int, typer.Option(help="Seed of splits, initialization and GAN noise.")] = 0,
-    gan_steps: Annotated[int, typer.Option(min=1, help="Generator/discriminator updates.")] = 3000,
-    enc_epochs: Annotated[int, typer.Option(min=1, help="Encoder training epochs.")] = 300,
+    gan_steps: Annotated[
+        int | None, typer.Option(min=1, help="Generator/discriminator updates (default 2000).")
+    ] = None,
+    enc_epochs: Annotated[
+        int | None, typer.Option(min=1, help="Encoder training epochs (default 150).")
+    ] = None,
     limit: Annotated[
         int | None, typer.Option(help="Use only the first N rows (dataset-size studies).")
     ] = None,
 ) -> None:
     """Train the surrogate encoder, then NAGAN, on a dataset; save one verified artifact."""
+    from dataclasses import replace
+
     from inag.dataset import DatasetStore
     from inag.nagan import NaganConfig, fit_nagan
 
@@ -629,7 +635,11 @@ def train(
     if limit is not None:
         archs, perf = archs[:limit], perf[:limit]
     space = _dataset_space(meta)
-    cfg = NaganConfig(seed=seed, gan_steps=gan_steps, enc_epochs=enc_epochs)
+    cfg = NaganConfig(seed=seed)
+    if gan_steps is not None:
+        cfg = replace(cfg, gan_steps=gan_steps)
+    if enc_epochs is not None:
+        cfg = replace(cfg, enc_epochs=enc_epochs)
     con = _console(stderr=True)
     bar, report = _stage_progress(con)
     t0 = time.perf_counter()
@@ -650,7 +660,7 @@ def train(
         f"({rep.n_train} train / {rep.n_val} held-out rows, {rep.seconds:.1f} s)"
     )
     typer.echo(
-        f"NAGAN: {gan_steps} steps, {model.meta['gan_seconds']:.1f} s; total "
+        f"NAGAN: {cfg.gan_steps} steps, {model.meta['gan_seconds']:.1f} s; total "
         f"{time.perf_counter() - t0:.1f} s; performance range p_min={model.p_min:.4f} "
         f"P_R={model.p_range:.4f}"
     )
@@ -924,7 +934,8 @@ def select(
                 + ", ".join(f"c={a.condition:.2f} -> {a.survivors} fit" for a in tr)
             )
         con.print(
-            f"[bold]{sel.platform}[/bold] funnel: generated {len(sel.bag.archs)} -> "
+            f"[bold]{sel.platform}[/bold] funnel: generated {sel.bag.generated} "
+            f"({len(sel.bag.archs)} distinct) -> "
             + " -> ".join(f"{f.name} {f.kept}" for f in sel.funnel)
         )
         recs = sel.records(m, top)

@@ -218,6 +218,7 @@ class Nagan:
             "info": json.dumps(self.meta, sort_keys=True),
             "content_sha256": _content_hash(tensors),
         }
+        meta["meta_sha256"] = _meta_hash(meta)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -253,6 +254,11 @@ class Nagan:
             raise ModelError(
                 f"{path}: weights do not match the recorded content hash "
                 "(the file was modified after it was written)"
+            )
+        if "meta_sha256" in meta and meta["meta_sha256"] != _meta_hash(meta):
+            raise ModelError(
+                f"{path}: metadata (space, task, p_min/P_R, config) does not match the recorded "
+                "metadata hash (the file was modified after it was written)"
             )
         try:
             space = space_from_dict(json.loads(meta["space"]), source=f"{path} (space)")
@@ -302,6 +308,13 @@ def _content_hash(tensors: dict[str, torch.Tensor]) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def _meta_hash(meta: dict[str, str]) -> str:
+    """sha256 over every metadata entry but itself (content_sha256 included, so it binds the
+    metadata to the weights); artifacts written before it existed have no entry."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _build(space: SearchSpace, cfg: NaganConfig) -> tuple[Encoder, Generator, Discriminator]:
@@ -472,7 +485,7 @@ def train_gan(
             stats = {
                 "loss_d": float(loss_d.detach()),
                 "loss_g": float(loss_g.detach()),
-                "enc_mae": float((enc - cg).abs().mean()),
+                "enc_mae": float((enc - cg).detach().abs().mean()),
             }
             progress("gan", step + 1, cfg.gan_steps, stats)
     for p in encoder.parameters():
