@@ -228,7 +228,8 @@ def write_report(
     lines = [
         f"# NAGAN evaluation: {report.task}",
         "",
-        f"Conditions c = 0.1 … 1.0; bag of {report.n_bag} per condition; K = {report.k} "
+        f"Conditions c = {', '.join(f'{r.condition:g}' for r in report.results['nagan'])}; "
+        f"bag of {report.n_bag} per condition; K = {report.k} "
         f"confidence-selected nets (Dist_f ≤ {report.threshold}) per condition trained "
         "for real with the dataset's trainer and budget.",
         "",
@@ -252,9 +253,9 @@ def write_report(
         "| c | " + " | ".join(report.results) + " |",
         "|---|" + "---|" * len(report.results),
     ]
-    for i, c in enumerate(CONDITIONS[: len(report.results["nagan"])]):
+    for i, r0 in enumerate(report.results["nagan"]):
         lines.append(
-            f"| {c} | "
+            f"| {r0.condition:g} | "
             + " | ".join(f"{report.results[m][i].dist_r * 100:.1f}" for m in report.results)
             + " |"
         )

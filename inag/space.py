@@ -313,7 +313,7 @@ class SearchSpace:
             out[:, :, 1 + j] = np.rint(packed[:, :, 1 + j] * (count - 1)) / (count - 1)
         out[:, :, 0] = 1.0
         out *= keep[:, :, None]
-        return out.reshape(n, -1).astype(np.float32)
+        return (out.reshape(n, -1) + 0.0).astype(np.float32)  # no -0.0: rows compare as bytes
 
     def decode(self, vector: Sequence[float] | np.ndarray) -> ArchSpec:
         return self.decode_many(np.asarray(vector, dtype=np.float64)[None, :])[0]

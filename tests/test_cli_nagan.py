@@ -1,0 +1,409 @@
+"""`inag train`, `inag generate`, `inag evaluate` and `inag select` end to end, in process through
+``inag.cli.main`` (the same entry point as the console script), on the tiny real dataset."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from nagan_fixtures import (  # noqa: F401 - pytest fixtures
+    fixture_one_thread,
+    fixture_tiny_dataset,
+    fixture_tiny_model,
+    fixture_tiny_model_path,
+)
+
+from inag.arch import ArchSpec
+from inag.cli import main
+from inag.nagan import Nagan
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CORTEX_M = Path(__file__).resolve().parents[1] / "inag" / "platforms" / "cortex_m.yaml"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_paragraph_error(err: str, *needles: str) -> None:
+    assert "Traceback" not in err
+    text = err.strip()
+    assert text.startswith("error: "), err
+    assert "\n\n" not in text, err
+    for n in needles:
+        assert n in text, (n, err)
+
+
+def platform_yaml(tmp_path: Path, name: str, **constraints: float) -> Path:
+    data = yaml.safe_load(CORTEX_M.read_text())
+    data["name"] = name
+    data["constraints"] = {**data.get("constraints", {}), **constraints}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------------------- train
+def test_train_writes_an_artifact_and_prints_r2(
+    capsys: pytest.CaptureFixture[str],
+    tiny_dataset,
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "m" / "cli.nagan"
+    code, stdout, _ = run(
+        capsys,
+        "train",
+        "--db",
+        tiny_dataset.db,
+        "--out",
+        out,
+        "--gan-steps",
+        "20",
+        "--enc-epochs",
+        "3",
+        "--seed",
+        "1",
+    )
+    assert code == 0
+    m = re.search(r"encoder: held-out R2 (-?\d+\.\d+), Kendall tau (-?\d+\.\d+)", stdout)
+    assert m, stdout
+    assert f"wrote {out}" in stdout
+    model = Nagan.load(out, expect_space=tiny_dataset.space)
+    assert float(m.group(1)) == pytest.approx(model.meta["encoder"]["r2"], abs=1e-4)
+    assert model.config.gan_steps == 20 and model.config.enc_epochs == 3
+    assert model.config.seed == 1
+    assert model.meta["dataset"] == str(tiny_dataset.db)
+    assert model.meta["dataset_size"] == len(tiny_dataset.archs)
+    assert model.meta["trainer"] == tiny_dataset.meta["trainer"]
+    assert model.task == "data_a" and model.task_kind == "regression"
+    assert model.p_min == pytest.approx(tiny_dataset.perf.min())
+
+
+def test_train_on_a_missing_dataset_is_a_clean_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(
+        capsys, "train", "--db", tmp_path / "none.sqlite", "--out", tmp_path / "x.nagan"
+    )
+    assert code == 2
+    assert "Traceback" not in err and err.startswith("error: ")
+    assert not (tmp_path / "x.nagan").exists()
+
+
+# ---------------------------------------------------------------------------- generate
+def _lines(stdout: str) -> list[dict]:
+    return [json.loads(ln) for ln in stdout.splitlines() if ln.strip()]
+
+
+def test_generate_prints_json_lines_with_dist_f(
+    capsys: pytest.CaptureFixture[str], tiny_model: Nagan, tiny_model_path: Path
+) -> None:
+    code, out, err = run(
+        capsys, "generate", "--model", tiny_model_path, "--condition", "0.5", "-n", "50"
+    )
+    assert code == 0
+    recs = _lines(out)
+    assert len(recs) == 50
+    for r in recs:
+        arch = ArchSpec.from_dict(r["arch"])
+        assert arch.arch_id == r["arch_id"]
+        assert tiny_model.space.contains(arch)
+        assert r["condition"] == 0.5
+        assert r["dist_f"] == pytest.approx(abs(r["estimate_c"] - 0.5))
+        assert r["estimate_perf"] == pytest.approx(
+            tiny_model.p_min + r["estimate_c"] * tiny_model.p_range
+        )
+    # the same bag as the library's
+    assert [r["arch_id"] for r in recs] == [a.arch_id for a in tiny_model.generate(0.5, 50)]
+    uniq = len({r["arch_id"] for r in recs})
+    assert f"50 generated, {uniq} unique" in err
+
+
+def test_generate_perf_is_normalized(
+    capsys: pytest.CaptureFixture[str], tiny_model: Nagan, tiny_model_path: Path
+) -> None:
+    raw = tiny_model.p_min + 0.75 * tiny_model.p_range
+    code, out, _ = run(capsys, "generate", "--model", tiny_model_path, "--perf", raw, "-n", "20")
+    assert code == 0
+    recs = _lines(out)
+    assert len(recs) == 20
+    assert recs[0]["condition"] == pytest.approx(0.75)
+    code, out2, _ = run(
+        capsys, "generate", "--model", tiny_model_path, "--condition", "0.75", "-n", "20"
+    )
+    assert [r["arch_id"] for r in _lines(out2)] == [r["arch_id"] for r in recs]
+
+
+def test_generate_to_a_file(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "bags" / "bag.jsonl"
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "--model",
+        tiny_model_path,
+        "--condition",
+        "0.9",
+        "-n",
+        "30",
+        "--out",
+        dest,
+        "--seed",
+        "4",
+    )
+    assert code == 0 and out == ""
+    assert len(_lines(dest.read_text())) == 30
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ((), "give exactly one of --condition"),
+        (("--condition", "0.5", "--perf", "0.3"), "give exactly one of --condition"),
+        (("--condition", "7"), "far outside the model's range"),
+    ],
+)
+def test_generate_condition_errors(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, args: tuple, needle: str
+) -> None:
+    code, out, err = run(capsys, "generate", "--model", tiny_model_path, "-n", "5", *args)
+    assert code == 2
+    assert out == ""
+    assert_one_paragraph_error(err, needle)
+
+
+def test_generate_with_a_bad_artifact(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.nagan"
+    bad.write_bytes(tiny_model_path.read_bytes()[:-100])
+    code, _, err = run(capsys, "generate", "--model", bad, "--condition", "0.5")
+    assert code == 2
+    assert_one_paragraph_error(err, "not a readable NAGAN artifact")
+    code, _, err = run(capsys, "generate", "--model", tmp_path / "no.nagan", "--condition", "0.5")
+    assert code == 2
+    assert_one_paragraph_error(err, "no NAGAN artifact at")
+
+
+# ---------------------------------------------------------------------------- evaluate
+def test_evaluate_writes_report(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    code, stdout, _ = run(
+        capsys,
+        "evaluate",
+        "--model",
+        tiny_model_path,
+        "--real",
+        "1",
+        "-n",
+        "50",
+        "--noise",
+        "2",
+        "--out",
+        out,
+    )
+    assert code == 0, stdout
+    for method in ("nagan", "rejection", "dataset_nearest"):
+        m = re.search(rf"^{method}\s+mDist_f\s+(\S+) %\s+mDist_r\s+(\S+) %", stdout, re.M)
+        assert m, stdout
+        assert np.isfinite(float(m.group(1))) and np.isfinite(float(m.group(2)))
+    assert "noise floor" in stdout
+    assert (out / "report.md").is_file()
+    assert (out / "achieved_vs_requested.png").read_bytes()[:8] == PNG
+
+
+# ---------------------------------------------------------------------------- select
+def test_select_json_and_plot(
+    capsys: pytest.CaptureFixture[str], tiny_model: Nagan, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    js, png = tmp_path / "out" / "sel.json", tmp_path / "out" / "pareto.png"
+    code, out, err = run(
+        capsys,
+        "select",
+        "--model",
+        tiny_model_path,
+        "--platform",
+        CORTEX_M,
+        "--condition",
+        "0.7",
+        "-n",
+        "1000",
+        "--top",
+        "3",
+        "--max-storage",
+        "0.21",
+        "--max-energy",
+        "0.21",
+        "--json",
+        js,
+        "--plot",
+        png,
+    )
+    assert code == 0, err
+    assert "cortex_m funnel: generated" in out
+    assert "confidence" in out and "storage" in out and "memory fit" in out
+    data = json.loads(js.read_text())
+    assert data["task"] == "data_a" and data["condition"] == 0.7 and data["bag"] == 1000
+    sel = data["selected"]
+    assert 1 <= len(sel) <= 3
+    assert [r["rank"] for r in sel] == list(range(1, len(sel) + 1))
+    for r in sel:
+        arch = ArchSpec.from_dict(r["arch"])
+        assert arch.arch_id == r["arch_id"]
+        assert tiny_model.space.contains(arch)
+        assert r["storage_norm"] <= 0.21 and r["energy_norm"] <= 0.21
+        assert r["dist_f"] <= 0.05
+    (plat,) = data["platforms"]
+    assert plat["platform"] == "cortex_m" and plat["selected"] == sel
+    assert [f["stage"] for f in plat["funnel"]][:2] == ["confidence", "bits"]
+    assert png.read_bytes()[:8] == PNG
+
+
+def test_select_multi_platform_and_reconditioning(
+    capsys: pytest.CaptureFixture[str], tiny_model: Nagan, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    from inag.platform import load_platform
+    from inag.select import select
+
+    loose = platform_yaml(tmp_path, "loose_m")
+    (alone,), _ = select(tiny_model, [load_platform(loose)], 0.9, n=2000)
+    # half the storage of the loose platform's best pick: the first bag cannot meet it
+    limit = float(alone.bag.costs.normalized("storage")[alone.chosen[0]]) / 2
+    tight = platform_yaml(tmp_path, "tight_m", max_storage_norm=limit)
+    js = tmp_path / "multi.json"
+    code, out, err = run(
+        capsys,
+        "select",
+        "--model",
+        tiny_model_path,
+        "-p",
+        loose,
+        "-p",
+        tight,
+        "--condition",
+        "0.9",
+        "-n",
+        "2000",
+        "--json",
+        js,
+    )
+    assert code == 0, err
+    data = json.loads(js.read_text())
+    lo, ti = data["platforms"]
+    assert (lo["platform"], ti["platform"]) == ("loose_m", "tight_m")
+    assert lo["selected"][0]["arch_id"] != ti["selected"][0]["arch_id"]
+    assert all(r["storage_norm"] <= limit for r in ti["selected"])
+    assert len(lo["tries"]) == 1
+    assert len(ti["tries"]) > 1 and ti["tries"][-1]["survivors"] > 0
+    assert all(t["survivors"] == 0 for t in ti["tries"][:-1])
+    assert "tight_m: re-conditioned" in out
+    assert data["selected"] == lo["selected"]
+
+
+def test_select_is_deterministic(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    outs = []
+    for i in range(2):
+        js = tmp_path / f"s{i}.json"
+        code, _, _ = run(
+            capsys, "select", "--model", tiny_model_path, "--condition", "0.6", "-n", "800",
+            "--rank-by", "storage", "--top", "10", "--json", js, "--seed", "2",
+        )  # fmt: skip
+        assert code == 0
+        data = json.loads(js.read_text())
+        outs.append([(r["arch_id"], r["storage_bits"]) for r in data["selected"]])
+    assert outs[0] == outs[1]
+    storage = [s for _, s in outs[0]]
+    assert storage == sorted(storage)
+
+
+def test_select_nothing_fits_is_a_one_paragraph_error(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    imp = platform_yaml(tmp_path, "impossible", max_storage_bits=8.0)
+    js = tmp_path / "never.json"
+    code, out, err = run(
+        capsys,
+        "select",
+        "--model",
+        tiny_model_path,
+        "--platform",
+        imp,
+        "--condition",
+        "0.5",
+        "-n",
+        "300",
+        "--threshold",
+        "1.0",
+        "--json",
+        js,
+    )
+    assert code == 2
+    assert_one_paragraph_error(
+        err,
+        "nothing fits impossible",
+        "re-conditioning from c=0.50 down to c=0.05",
+        "stage 'storage'",
+        "max_storage_bits",
+        "% over",
+    )
+    assert len(err.strip().splitlines()) == 1
+    assert not js.exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("--perf", "0.3", "--condition", "0.5"), "give at most one of --perf"),
+        (("--rank-by", "size"), "unknown ranking 'size'"),
+        (("--platform", "no_such_platform"), "no platform 'no_such_platform'"),
+    ],
+)
+def test_select_argument_errors(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, args: tuple, needle: str
+) -> None:
+    code, _, err = run(capsys, "select", "--model", tiny_model_path, "-n", "100", *args)
+    assert code == 2
+    assert_one_paragraph_error(err, needle)
+
+
+def test_select_with_an_artifact_from_a_tampered_file(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    data = bytearray(tiny_model_path.read_bytes())
+    data[-10] ^= 0xFF
+    bad = tmp_path / "tampered.nagan"
+    bad.write_bytes(bytes(data))
+    code, _, err = run(capsys, "select", "--model", bad, "-n", "100")
+    assert code == 2
+    assert_one_paragraph_error(err, "content hash")
+
+
+def test_select_with_the_bundled_generator(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The README's main command: no --model, the shipped data_a generator."""
+    from inag.cli import default_model_path
+
+    if not default_model_path().is_file():
+        pytest.skip("no bundled generator in this checkout")
+    js = tmp_path / "bundled.json"
+    code, out, err = run(capsys, "select", "--platform", "cortex_m", "-n", "1000", "--json", js)
+    assert code == 0, err
+    data = json.loads(js.read_text())
+    assert data["task"] == "data_a" and data["selected"]
+    for r in data["selected"]:
+        assert ArchSpec.from_dict(r["arch"]).arch_id == r["arch_id"]
