@@ -1,0 +1,130 @@
+"""End-to-end tests of `inag sample` and `inag dataset info|export` through the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inag.cli import main
+
+TINY = ["--epochs", "2", "--restarts", "1", "--chunk", "6", "--workers", "1"]
+
+
+def sample_args(db: Path, n: int = 12, *extra: str) -> list[str]:
+    return ["sample", "--task", "data_a", "--n", str(n), "--db", str(db), *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "runs" / "a.sqlite"
+    assert main(sample_args(path)) == 0
+    return path
+
+
+def test_sample_builds_then_resumes(db, capsys):
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 12
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    assert main(sample_args(db)) == 0
+    out = capsys.readouterr().out
+    assert f"{db}: 12/12 nets (0 trained now" in out
+    assert main(sample_args(db, 14)) == 0  # grow
+    assert "14/14 nets (2 trained now" in capsys.readouterr().out
+
+
+def test_sample_reports_progress(tmp_path, capsys):
+    assert main(sample_args(tmp_path / "p.sqlite", 6)) == 0
+    cap = capsys.readouterr()
+    assert "6/6 nets (6 trained now" in cap.out
+    assert "training" in cap.err and "nets/s" in cap.err  # the rich progress bar, on stderr
+
+
+def test_dataset_info(db, capsys):
+    assert main(["dataset", "info", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert f"{db}: task data_a, space mlp" in out
+    assert "rows: " in out and "performance quantiles: q0=" in out
+    for key in ("depth coverage", "width coverage", "bits coverage", "trainer:"):
+        assert key in out
+    assert main(["dataset", "info", str(db), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    total = info["counts"]["ok"] + info["counts"]["failed"]
+    assert total >= 12 and info["trainer"]["epochs"] == 2
+    assert set(info["performance_quantiles"]) >= {"0.0", "0.5", "1.0"}
+
+
+def test_dataset_export_csv(db, tmp_path, capsys):
+    out_csv = tmp_path / "x" / "rows.csv"
+    assert main(["dataset", "export", str(db), "--csv", str(out_csv)]) == 0
+    msg = capsys.readouterr().out
+    with out_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert f"wrote {len(rows)} rows to {out_csv}" in msg
+    assert len(rows) >= 12
+    assert {"sample_index", "arch_id", "status", "performance", "widths", "bits"} <= set(rows[0])
+    assert len({r["arch_id"] for r in rows}) == len(rows)
+
+
+def test_refused_db_exits_2(db, capsys):
+    code = main(sample_args(db, 12, "--lr", "0.05"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error:" in err and "trainer configuration" in err and "use another --db" in err
+    assert main(["sample", "--task", "data_b", "--n", "3", "--db", str(db), *TINY]) == 2
+    assert "built with task 'data_a', not 'data_b'" in capsys.readouterr().err
+
+
+def test_missing_db_exits_2(tmp_path, capsys):
+    missing = tmp_path / "nope.sqlite"
+    assert main(["dataset", "info", str(missing)]) == 2
+    assert f"no dataset at {missing}" in capsys.readouterr().err
+    assert main(["dataset", "export", str(missing), "--csv", str(tmp_path / "o.csv")]) == 2
+    assert "no dataset at" in capsys.readouterr().err
+    assert not missing.exists() and not (tmp_path / "o.csv").exists()
+
+
+def test_not_a_dataset_exits_2(tmp_path, capsys):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("hello, not sqlite\n" * 200)
+    assert main(["dataset", "info", str(junk)]) == 2
+    assert "not an INAG dataset" in capsys.readouterr().err
+
+
+def test_unknown_task_lists_available(tmp_path, capsys):
+    db = tmp_path / "t.sqlite"
+    assert main(["sample", "--task", "nonsense", "--n", "3", "--db", str(db), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'nonsense'" in err
+    for name in ("data_a", "data_b", "digits", "diabetes", "mnist:DIR", "csv:FILE.csv"):
+        assert name in err
+    assert not db.exists()  # nothing is created for a task that does not load
+
+
+def test_bad_backend_exits_2(tmp_path, capsys):
+    code = main(sample_args(tmp_path / "b.sqlite", 3, "--backend", "spark"))
+    assert code == 2
+    assert "--backend must be 'local' or 'ray'" in capsys.readouterr().err
+
+
+def test_sample_as_a_subprocess(tmp_path):
+    """The installed entry point, in its own process: exit codes and streams as a user sees."""
+    db = tmp_path / "sub.sqlite"
+    cmd = [sys.executable, "-m", "inag.cli", *sample_args(db, 4)]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "4/4 nets (4 trained now" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "inag.cli", *sample_args(db, 4, "--epochs", "3")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "trainer configuration" in bad.stderr
+    assert "Traceback" not in bad.stderr
