@@ -456,6 +456,7 @@ def save_net_file(
     path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]
 ) -> Path:
     """Write a net file atomically (temp file + rename), so a crash never leaves half a file."""
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     p = Path(path)
@@ -463,7 +464,8 @@ def save_net_file(
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), dict(meta))
         os.replace(tmp, p)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"cannot write net file {str(p)!r}: {exc.strerror or exc}") from None
+        why = getattr(exc, "strerror", None) or exc
+        raise ExportError(f"cannot write net file {str(p)!r}: {why}") from None
     return p

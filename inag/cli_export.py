@@ -1,0 +1,319 @@
+"""CLI commands of the deployment path: ``inag train-net`` and ``inag export``.
+
+Kept out of ``inag/cli.py`` (which registers them through :func:`register`) so the export
+toolchain can evolve on its own. Heavy packages (torch, onnx, TVM) load inside the commands.
+Known failures are raised as ``export.errors.ExportError`` (or ``typer.BadParameter``), which
+the CLI turns into one paragraph on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from export.qnet import QuantizedNet
+    from inag.arch import ArchSpec
+    from inag.platform import Platform
+
+_SELECT_RE = re.compile(r"^(?P<path>.+\.json)#(?P<rank>\d+)$")
+
+
+def _err(msg: str) -> Exception:
+    from export.errors import ExportError
+
+    return ExportError(msg)
+
+
+def read_arch(source: str) -> ArchSpec:
+    """One architecture from a JSON file, inline JSON, '-' (stdin) or ``SELECT.json#RANK``.
+
+    ``SELECT.json#RANK`` reads the JSON written by ``inag select --json``: a list under
+    ``"selected"`` of records with an ``"arch"`` field; RANK is 1-based.
+    """
+    from inag.arch import ArchError, ArchSpec
+
+    m = _SELECT_RE.match(source)
+    if m and Path(m["path"]).is_file():
+        path, rank = Path(m["path"]), int(m["rank"])
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _err(f"{path}: not valid JSON: {exc}") from None
+        sel = data.get("selected") if isinstance(data, dict) else None
+        if not isinstance(sel, list):
+            raise _err(f"{path}: expected a selection JSON with a list under 'selected'")
+        if not 1 <= rank <= len(sel):
+            raise _err(f"{path}: rank {rank} out of range (the selection has {len(sel)})")
+        rec = sel[rank - 1]
+        if not isinstance(rec, dict) or "arch" not in rec:
+            raise _err(f"{path}: selected[{rank - 1}] has no 'arch' field")
+        try:
+            return ArchSpec.from_dict(rec["arch"])
+        except ArchError as exc:
+            raise _err(f"{path}#{rank}: not an architecture: {exc}") from None
+    if source == "-":
+        text, where = sys.stdin.read(), "stdin"
+    elif source.lstrip().startswith("{"):
+        text, where = source, "the argument"
+    else:
+        p = Path(source)
+        if not p.is_file():
+            raise _err(
+                f"no architecture file {source!r} (expected a JSON file, inline JSON, '-' for "
+                "stdin, or SELECT.json#RANK)"
+            )
+        text, where = p.read_text(), str(p)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise _err(f"{where}: no architecture found (empty input)")
+    try:
+        return ArchSpec.from_json(text)
+    except ArchError as exc:
+        if len(lines) > 1:
+            raise _err(
+                f"{where}: give exactly one architecture (found {len(lines)} lines; use "
+                "SELECT.json#RANK to pick one of a selection)"
+            ) from None
+        raise _err(f"{where}: not an architecture: {exc}") from None
+
+
+def _check_task_fits(arch: ArchSpec, task: Any) -> None:
+    import math
+
+    n_in = math.prod(arch.input_shape)
+    if arch.kind == "mlp" and n_in != task.n_features:
+        raise _err(
+            f"{arch.summary()} takes {n_in} inputs but task {task.name!r} has "
+            f"{task.n_features} features"
+        )
+    if arch.kind == "cnn" and tuple(arch.input_shape) != tuple(task.input_shape):
+        raise _err(f"{arch.summary()} takes {arch.input_shape}, task has {task.input_shape}")
+    if arch.output_size != task.output_size:
+        raise _err(
+            f"{arch.summary()} has {arch.output_size} outputs but task {task.name!r} needs "
+            f"{task.output_size}"
+        )
+
+
+def train_net(
+    arch: ArchSpec, task_spec: str, epochs: int, seed: int, lr: float, out: Path
+) -> tuple[Path, dict[str, Any]]:
+    """The final QAT training of one architecture, saved as a net file; returns a summary."""
+    from export import reference
+    from export.qnet import QuantizedNet, save_net_file
+    from inag.tasks import load_task, performance
+    from inag.trainer import TrainerConfig, train_final
+
+    if arch.kind != "mlp":
+        raise _err(
+            f"train-net trains MLPs (the QAT trainer has no conv layers yet); {arch.summary()} "
+            "is a CNN"
+        )
+    from export.artifacts import prepare_out_dir
+
+    prepare_out_dir(Path(out).parent)  # fail before training, not after
+    task = load_task(task_spec, seed)
+    _check_task_fits(arch, task)
+    config = TrainerConfig(epochs=epochs, seed=seed, lr=lr)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            typer.echo(f"  epoch {done}/{total}", err=True)
+
+    try:
+        result, tensors, meta = train_final(arch, task, config, progress)
+    except FloatingPointError as exc:
+        raise _err(str(exc)) from None
+    path = save_net_file(out, tensors, meta)
+    net = QuantizedNet.load(path)
+    pred = reference.forward(net, task.x_test)
+    pred = pred[:, 0] if task.kind == "regression" else pred.argmax(axis=1)
+    int_perf = float(performance(task.kind, task.y_test, pred))
+    return path, {
+        "arch_id": arch.arch_id,
+        "summary": arch.summary(),
+        "task": task.name,
+        "qat_performance": result.performance,
+        "integer_performance": int_perf,
+        "seconds": result.seconds,
+    }
+
+
+def predicted_costs(arch: ArchSpec, platform: Platform) -> dict[str, Any]:
+    """The platform's hardware-model figures for ``arch`` (totals, normalized, budgets)."""
+    from hwmodels import PlatformCoster
+    from inag.space import largest_for
+
+    def reference(a: ArchSpec) -> ArchSpec:
+        return largest_for(a)
+
+    coster = PlatformCoster(platform, reference=reference)
+    try:
+        res = coster.cost([arch])
+    except Exception:  # noqa: BLE001 - no normalization reference for odd shapes
+        coster = PlatformCoster(platform)
+        res = coster.cost([arch])
+    out: dict[str, Any] = {}
+    for role, model in coster.models.items():
+        norm = float(res.normalized(role)[0])
+        out[role] = {
+            "model": model.name,
+            "quantity": model.quantity,
+            "value": float(res.totals[role][0]),
+            "normalized": norm if norm == norm else None,
+        }
+    limits = coster.limits()
+    out["limits"] = {
+        name: {
+            "limit": lim,
+            "value": float(res.value(name)[0]),
+            "ok": bool(res.value(name)[0] <= lim),
+        }
+        for name, lim in limits.items()
+    }
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train-net`` and ``export`` to the main ``inag`` app."""
+
+    @app.command("train-net")
+    def train_net_cmd(
+        arch: Annotated[
+            str,
+            typer.Argument(
+                help="Architecture: JSON file, inline JSON, '-' for stdin, or SELECT.json#RANK "
+                "(a JSON of `inag select --json`, 1-based rank)."
+            ),
+        ],
+        task: Annotated[str, typer.Option(help="Task spec, e.g. data_a, digits, mnist:DIR.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Net file to write.")],
+        epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 100,
+        seed: Annotated[int, typer.Option(help="Seed of data split and initialization.")] = 0,
+        lr: Annotated[float, typer.Option(min=1e-8, help="Adam learning rate.")] = 1e-2,
+    ) -> None:
+        """Final QAT training of one chosen network; writes a safetensors net file."""
+        a = read_arch(arch)
+        typer.echo(f"training {a.summary()} ({a.arch_id}) on {task}, {epochs} epochs", err=True)
+        path, summary = train_net(a, task, epochs, seed, lr, out)
+        typer.echo(
+            f"wrote {path}\n  QAT performance {summary['qat_performance']:.4f}, integer model "
+            f"{summary['integer_performance']:.4f} (gap "
+            f"{summary['integer_performance'] - summary['qat_performance']:+.4f})"
+        )
+
+    @app.command("export")
+    def export_cmd(
+        target: Annotated[str, typer.Option(help="Artifact kind: onnx, tvm or c.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+        net: Annotated[
+            str | None,
+            typer.Option(help="Net file of `inag train-net` (or SELECT.json#RANK with --task)."),
+        ] = None,
+        arch: Annotated[
+            str | None,
+            typer.Option(help="Train this architecture first (JSON or SELECT.json#RANK)."),
+        ] = None,
+        task: Annotated[str | None, typer.Option(help="Task to train on (with --arch).")] = None,
+        epochs: Annotated[int, typer.Option(min=1, help="Epochs when training first.")] = 100,
+        seed: Annotated[int, typer.Option(help="Seed when training first.")] = 0,
+        platform: Annotated[
+            str, typer.Option("--platform", "-p", help="Platform YAML path or bundled name.")
+        ] = "host_cpu",
+        measure: Annotated[
+            bool, typer.Option(help="TVM: measure latency where the platform says (local/RPC).")
+        ] = False,
+        no_check: Annotated[
+            bool, typer.Option("--no-check", help="Skip the bit-exact self-check.")
+        ] = False,
+    ) -> None:
+        """Export a trained network as integer-only ONNX, a TVM library, or standalone C."""
+        from export.artifacts import TARGETS, export_artifacts, prepare_out_dir
+        from export.qnet import QuantizedNet
+        from inag.platform import load_platform
+
+        if target not in TARGETS:
+            raise typer.BadParameter(
+                f"{target!r} is not a target; choose one of {', '.join(TARGETS)}",
+                param_hint="--target",
+            )
+        if net is not None and _SELECT_RE.match(net) and arch is None:
+            arch, net = net, None
+        if (net is None) == (arch is None):
+            raise typer.BadParameter("give exactly one of --net and --arch", param_hint="--net")
+        plat = load_platform(platform)
+        extra: dict[str, Path] = {}
+        if arch is not None:
+            if task is None:
+                raise typer.BadParameter("--arch needs --task to train on", param_hint="--task")
+            a = read_arch(arch)
+            out_dir = prepare_out_dir(out)
+            net_path = out_dir / f"inag_{a.arch_id}.safetensors"
+            typer.echo(f"training {a.summary()} on {task} first ({epochs} epochs)", err=True)
+            net_path, summary = train_net(a, task, epochs, seed, 1e-2, net_path)
+            typer.echo(
+                f"  QAT {summary['qat_performance']:.4f}, integer "
+                f"{summary['integer_performance']:.4f}",
+                err=True,
+            )
+            extra["net"] = net_path
+        else:
+            assert net is not None
+            net_path = Path(net)
+        qnet: QuantizedNet = QuantizedNet.load(net_path)
+        costs = predicted_costs(qnet.arch, plat)
+        manifest = export_artifacts(
+            qnet, target, out, plat, costs, self_check=not no_check, extra_files=extra
+        )
+        if measure:
+            _measure_into(manifest, Path(out), qnet, plat)
+        _print_summary(manifest, Path(out))
+
+
+def _measure_into(manifest: dict[str, Any], out: Path, qnet: QuantizedNet, plat: Any) -> None:
+    import numpy as np
+
+    from export.measure import measure_platform
+
+    if manifest["target"] != "tvm":
+        raise _err("--measure applies to --target tvm (ONNX and C are timed by the benchmarks)")
+    lib = out / manifest["target_info"]["library"]
+    x = np.zeros((1, *qnet.input_shape), dtype=np.int8)
+    m = measure_platform(lib, plat, x)
+    manifest["measured"] = m.to_dict()
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _print_summary(manifest: dict[str, Any], out: Path) -> None:
+    typer.echo(f"exported {manifest['summary']} ({manifest['arch_id']}) as {manifest['target']}")
+    for name, rec in manifest["files"].items():
+        typer.echo(f"  {out / name}  {rec['bytes']} bytes  sha256 {rec['sha256'][:16]}…")
+    typer.echo(f"  manifest {out / 'manifest.json'}")
+    chk = manifest["self_check"]
+    if chk.get("ran"):
+        typer.echo(f"  self-check: bit-exact vs the integer reference on {chk['inputs']} inputs")
+    elif "reason" in chk:
+        typer.echo(f"  self-check skipped: {chk['reason']}")
+    info = manifest["target_info"]
+    if "note" in info:
+        typer.echo(f"  note: {info['note']}")
+    cm = info.get("cortex_m")
+    if cm and "firmware_elf" in cm:
+        fw, mo = cm["firmware_elf"], cm["model_object"]
+        typer.echo(
+            f"  Cortex-M4 firmware: flash {fw['flash_bytes']} B, RAM {fw['ram_bytes']} B "
+            f"(model alone: flash {mo['flash_bytes']} B, RAM {mo['ram_bytes']} B)"
+        )
+    elif cm:
+        typer.echo(f"  Cortex-M4 sizes skipped: {cm['skipped']}")
+    if "measured" in manifest:
+        m = manifest["measured"]
+        typer.echo(
+            f"  measured ({m['where']}): median {m['median_s'] * 1e6:.1f} us per batch-1 run"
+        )
