@@ -41,13 +41,27 @@ def _tvm() -> Any:
 
 def build_relax(net: QuantizedNet) -> Any:
     """The Relax ``IRModule`` of ``net`` (function ``main``, symbolic batch)."""
+    return build_relax_many({"main": net})
+
+
+def build_relax_many(nets: dict[str, QuantizedNet]) -> Any:
+    """One ``IRModule`` holding several networks, one function each (tests compile many
+    nets at once: TVM's per-build overhead dominates small nets)."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    for name, net in nets.items():
+        _emit_function(bb, name, net)
+    return bb.get()
+
+
+def _emit_function(bb: Any, name: str, net: QuantizedNet) -> None:
     tvm = _tvm()
     from tvm import relax
 
     n = tvm.tirx.Var("n", "int64") if hasattr(tvm, "tirx") else tvm.tir.Var("n", "int64")
-    bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((n, *net.input_shape), "int8"))
-    with bb.function("main", [x]):
+    with bb.function(name, [x]):
         with bb.dataflow():
             a = bb.emit(relax.op.clip(x, -INPUT_QMAX, INPUT_QMAX))
             rank = 1 + len(net.input_shape)
@@ -91,7 +105,6 @@ def build_relax(net: QuantizedNet) -> Any:
                 rank = 1 + len(u.out_shape)
             gv = bb.emit_output(out)
         bb.emit_func_output(gv)
-    return bb.get()
 
 
 def check_target(platform: Any) -> dict[str, Any]:
@@ -124,12 +137,16 @@ def is_cross(target: dict[str, Any]) -> bool:
 
 def compile_net(net: QuantizedNet, target: dict[str, Any]) -> Any:
     """Compile to a Relax ``VMExecutable`` for ``target`` (a TVM target dict)."""
+    return compile_module(build_relax(net), target)
+
+
+def compile_module(mod: Any, target: dict[str, Any]) -> Any:
     tvm = _tvm()
     try:
         tgt = tvm.target.Target(target)
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error classes
         raise ExportError(f"invalid TVM target {target!r}: {exc}") from None
-    return tvm.compile(build_relax(net), target=tgt)
+    return tvm.compile(mod, target=tgt)
 
 
 def export_library(ex: Any, out_dir: Path, stem: str, target: dict[str, Any]) -> dict[str, Any]:
@@ -164,15 +181,17 @@ def export_library(ex: Any, out_dir: Path, stem: str, target: dict[str, Any]) ->
     }
 
 
-def run_vm(ex_or_lib: Any, x_codes: np.ndarray, device: Any = None) -> np.ndarray:
-    """Run ``main`` on int8 codes with the TVM runtime (local CPU unless ``device``)."""
+def run_vm(
+    ex_or_lib: Any, x_codes: np.ndarray, device: Any = None, func: str = "main"
+) -> np.ndarray:
+    """Run ``func`` on int8 codes with the TVM runtime (local CPU unless ``device``)."""
     tvm = _tvm()
     from tvm import relax
 
     dev = device if device is not None else tvm.cpu()
     vm = relax.VirtualMachine(ex_or_lib, dev)
     x = tvm.runtime.tensor(np.ascontiguousarray(x_codes, dtype=np.int8), dev)
-    return vm["main"](x).numpy()
+    return vm[func](x).numpy()
 
 
 def load_library(path: str | Path) -> Any:
