@@ -21,6 +21,7 @@ reshape in every backend.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -465,7 +466,8 @@ def save_net_file(
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), dict(meta))
         os.replace(tmp, p)
     except (OSError, SafetensorError) as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         why = getattr(exc, "strerror", None) or exc
         raise ExportError(f"cannot write net file {str(p)!r}: {why}") from None
     return p
