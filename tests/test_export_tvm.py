@@ -1,0 +1,158 @@
+"""TVM export: target checks, cross export, and measurement over a real TVM RPC server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from export import reference, tvm_export  # noqa: E402
+from export.errors import ExportError  # noqa: E402
+from export.measure import Measurement, measure_local, measure_rpc  # noqa: E402
+from export.qnet import QuantizedNet  # noqa: E402
+from inag.arch import ArchSpec, LayerSpec  # noqa: E402
+from inag.platform import load_platform  # noqa: E402
+
+AARCH64 = {
+    "kind": "llvm",
+    "mtriple": "aarch64-linux-gnu",
+    "mcpu": "cortex-a72",
+    "mattr": ["+neon"],
+}
+
+
+@pytest.fixture(scope="module")
+def net() -> QuantizedNet:
+    arch = ArchSpec("mlp", (4,), 3, (LayerSpec(16, 5), LayerSpec(8, 3)))
+    return QuantizedNet.random(arch, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def host_lib(net, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tvm")
+    ex = tvm_export.compile_net(net, {"kind": "llvm"})
+    info = tvm_export.export_library(ex, d, f"inag_{net.arch_id}", {"kind": "llvm"})
+    return d / info["library"]
+
+
+def test_bare_metal_platform_points_to_c():
+    with pytest.raises(ExportError) as err:
+        tvm_export.check_target(load_platform("cortex_m"))
+    msg = str(err.value)
+    assert "bare-metal" in msg and "microTVM" in msg and "--target c" in msg
+
+
+def test_platform_without_tvm_target():
+    with pytest.raises(ExportError, match="no measure.tvm_target"):
+        tvm_export.check_target(load_platform("bitfusion"))
+
+
+def test_platform_targets_are_dicts():
+    assert tvm_export.check_target(load_platform("host_cpu"))["kind"] == "llvm"
+    target = tvm_export.check_target(load_platform("cortex_a"))
+    assert target["mtriple"].startswith("aarch64") and tvm_export.is_cross(target)
+    assert not tvm_export.is_cross({"kind": "llvm"})
+
+
+def test_invalid_target_is_a_clear_error(net):
+    with pytest.raises(ExportError, match="invalid TVM target"):
+        tvm_export.compile_net(net, {"kind": "no-such-kind"})
+
+
+def test_host_library_runs_bit_exact(net, host_lib):
+    assert host_lib.suffix == ".so"
+    x = np.random.default_rng(1).integers(-128, 128, (33, 4)).astype(np.int8)
+    got = tvm_export.run_vm(tvm_export.load_library(host_lib), x)
+    np.testing.assert_array_equal(got, reference.run(net, x))
+    assert got.dtype == np.int32
+
+
+def test_relax_graph_is_integer_only(net):
+    text = tvm_export.build_relax(net).script()
+    assert "float" not in text
+    assert 'out_dtype="int32"' in text and "right_shift" in text
+
+
+@pytest.mark.slow
+def test_aarch64_cross_export(net, tmp_path):
+    ex = tvm_export.compile_net(net, AARCH64)
+    info = tvm_export.export_library(ex, tmp_path, "lib", AARCH64)
+    path = tmp_path / info["library"]
+    assert path.is_file()
+    if shutil.which("aarch64-linux-gnu-gcc"):
+        assert info["linked"] and path.suffix == ".so"
+        assert path.read_bytes()[18] == 183  # e_machine EM_AARCH64
+    else:
+        assert not info["linked"] and path.suffix == ".tar" and "cross compiler" in info["note"]
+        with tarfile.open(path) as tar:
+            objs = [m for m in tar.getmembers() if m.name.endswith(".o")]
+            assert objs
+            head = tar.extractfile(objs[0]).read(20)  # type: ignore[union-attr]
+        assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183
+
+
+def test_measure_local(net, host_lib):
+    m = measure_local(host_lib, np.zeros((1, 4), np.int8), number=5, repeats=3)
+    assert isinstance(m, Measurement) and m.where == "local" and m.repeats == 3
+    assert 0 < m.min_s <= m.median_s < 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_measure_over_rpc(net, host_lib, tmp_path):
+    """A real TVM RPC server on 127.0.0.1: upload the library, run ``time_evaluator`` there."""
+    port = _free_port()
+    log = tmp_path / "rpc_server.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tvm.exec.rpc_server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--port-end",
+                str(port + 1),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120  # importing TVM takes seconds on a busy machine
+        while "bind to" not in log.read_text():
+            assert proc.poll() is None, f"RPC server exited: {log.read_text()}"
+            assert time.monotonic() < deadline, "RPC server did not start"
+            time.sleep(0.2)
+        x = np.zeros((1, 4), np.int8)
+        m = measure_rpc(host_lib, x, host="127.0.0.1", port=port, number=10, repeats=3)
+        assert m.where == f"rpc://127.0.0.1:{port}" and len(m.results_s) == 3
+        assert 0 < m.median_s < 1.0
+        assert "load_module" in log.read_text()  # the server really loaded the upload
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_rpc_unreachable_is_a_clear_error(host_lib):
+    with pytest.raises(ExportError, match="cannot reach the TVM RPC server"):
+        measure_rpc(host_lib, np.zeros((1, 4), np.int8), port=_free_port(), session_timeout=5)
