@@ -2,8 +2,8 @@
 
 Kept out of ``inag/cli.py`` (which registers them through :func:`register`) so the export
 toolchain can evolve on its own. Heavy packages (torch, onnx, TVM) load inside the commands.
-Known failures are raised as ``export.errors.ExportError`` (or ``typer.BadParameter``), which
-the CLI turns into one paragraph on stderr and a non-zero exit.
+Known failures are raised as ``export.errors.ExportError``, which the CLI turns into one
+paragraph on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -239,19 +239,16 @@ def register(app: typer.Typer) -> None:
         from inag.platform import load_platform
 
         if target not in TARGETS:
-            raise typer.BadParameter(
-                f"{target!r} is not a target; choose one of {', '.join(TARGETS)}",
-                param_hint="--target",
-            )
+            raise _err(f"--target: {target!r} is not a target; choose one of {', '.join(TARGETS)}")
         if net is not None and _SELECT_RE.match(net) and arch is None:
             arch, net = net, None
         if (net is None) == (arch is None):
-            raise typer.BadParameter("give exactly one of --net and --arch", param_hint="--net")
+            raise _err("give exactly one of --net (a net file) and --arch (train first)")
         plat = load_platform(platform)
         extra: dict[str, Path] = {}
         if arch is not None:
             if task is None:
-                raise typer.BadParameter("--arch needs --task to train on", param_hint="--task")
+                raise _err("--arch needs --task (the task to train it on)")
             a = read_arch(arch)
             out_dir = prepare_out_dir(out)
             net_path = out_dir / f"inag_{a.arch_id}.safetensors"
