@@ -120,11 +120,18 @@ def _unit_code(u: QUnit, p: str) -> tuple[str, str, int, int]:
     stream = u.weight.T if u.kind == "dense" else u.weight  # (out, in) / (out, in, k, k)
     packed = pack_bits(stream, u.bits)
     data = f"/* unit {i}: {u.kind}, weights {list(u.weight.shape)} at {u.bits} bits */\n"
-    data += _array(f"W{i}", "uint8_t", np.frombuffer(packed, np.uint8), 24)
+    # 8-bit streams are plain int8 arrays (same bytes), read by index: vectorizable
+    wtype, wdt = ("int8_t", np.int8) if u.bits == 8 else ("uint8_t", np.uint8)
+    data += _array(f"W{i}", wtype, np.frombuffer(packed, wdt), 24)
     data += _array(f"B{i}", "int32_t", u.bias, 8)
     in_t = "int8_t" if u.in_signed else "uint8_t"
     out_t = "int32_t" if u.head else "uint8_t"
     bits = u.bits
+
+    def wat(idx: str) -> str:
+        """C expression of weight number ``idx`` of the unit's stream."""
+        return f"W{i}[{idx}]" if bits == 8 else f"wget(W{i}, ({idx}) * {bits}u, {bits}u)"
+
     if not u.head:
         store = f"rq(acc, {u.m0}, {u.shift}u, {u.qmax})"
     if u.kind == "dense":
@@ -134,11 +141,10 @@ def _unit_code(u: QUnit, p: str) -> tuple[str, str, int, int]:
         fn = f"""
 static void unit{i}(const {in_t} *restrict x, {out_t} *restrict y)
 {{
-  uint32_t pos = 0u;
   for (uint32_t o = 0u; o < {n_out}u; ++o) {{
     int32_t acc = B{i}[o];
-    for (uint32_t k = 0u; k < {n_in}u; ++k, pos += {bits}u) {{
-      acc += (int32_t)x[k] * wget(W{i}, pos, {bits}u);
+    for (uint32_t k = 0u; k < {n_in}u; ++k) {{
+      acc += (int32_t)x[k] * {wat(f"o * {n_in}u + k")};
     }}
     y[o] = ({out_t}){value};
   }}
@@ -153,7 +159,7 @@ static void unit{i}(const {in_t} *restrict x, {out_t} *restrict y)
 static void unit{i}(const {in_t} *restrict x, {out_t} *restrict y)
 {{
   for (uint32_t oc = 0u; oc < {c_out}u; ++oc) {{
-    const uint32_t wbase = oc * {c_in * k * k * bits}u;
+    const uint32_t wbase = oc * {c_in * k * k}u;
     for (int32_t py = 0; py < {ph}; ++py) {{
       for (int32_t px = 0; px < {pw}; ++px) {{
         uint8_t best = 0u;
@@ -161,14 +167,14 @@ static void unit{i}(const {in_t} *restrict x, {out_t} *restrict y)
           for (int32_t dx = 0; dx < {pool}; ++dx) {{
             const int32_t oy = py * {pool} + dy, ox = px * {pool} + dx;
             int32_t acc = B{i}[oc];
-            uint32_t pos = wbase;
+            uint32_t widx = wbase;
             for (int32_t ic = 0; ic < {c_in}; ++ic) {{
               for (int32_t ky = 0; ky < {k}; ++ky) {{
                 const int32_t iy = oy * {s} - {pad} + ky;
-                for (int32_t kx = 0; kx < {k}; ++kx, pos += {bits}u) {{
+                for (int32_t kx = 0; kx < {k}; ++kx, ++widx) {{
                   const int32_t ix = ox * {s} - {pad} + kx;
                   if (iy >= 0 && iy < {h} && ix >= 0 && ix < {w}) {{
-                    acc += (int32_t)x[(ic * {h} + iy) * {w} + ix] * wget(W{i}, pos, {bits}u);
+                    acc += (int32_t)x[(ic * {h} + iy) * {w} + ix] * {wat("widx")};
                   }}
                 }}
               }}
@@ -261,10 +267,18 @@ static int32_t arena_words[{arena // 4}];
 #define arena ((uint8_t *)arena_words)
 
 /* The b-bit two's-complement weight at bit position pos of a packed stream. */
+/* bits is a literal at every call, so the branch folds: 2, 4 and 8 bits never straddle a
+ * byte (one load; 8 bits becomes a sign-extending byte load), 3/5/6/7 bits read two bytes.
+ * The sign extension is done arithmetically (no implementation-defined narrowing). */
 static inline int32_t wget(const uint8_t *p, uint32_t pos, uint32_t bits)
 {{
-  const uint32_t v = ((uint32_t)p[pos >> 3] | ((uint32_t)p[(pos >> 3) + 1u] << 8)) >> (pos & 7u);
+  uint32_t v;
   const uint32_t sign = 1u << (bits - 1u);
+  if (8u % bits == 0u) {{
+    v = (uint32_t)p[pos >> 3] >> (pos & 7u);
+  }} else {{
+    v = ((uint32_t)p[pos >> 3] | ((uint32_t)p[(pos >> 3) + 1u] << 8)) >> (pos & 7u);
+  }}
   return (int32_t)((v & ((1u << bits) - 1u)) ^ sign) - (int32_t)sign;
 }}
 

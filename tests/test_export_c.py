@@ -94,7 +94,7 @@ def test_weights_are_packed_to_their_bits(case):
     expected = sum((u.weight.size * u.bits + 7) // 8 + 1 for u in net.units)
     assert cs.weight_bytes == expected
     for u in net.units:
-        m = re.search(rf"static const uint8_t W{u.index}\[(\d+)\]", cs.source)
+        m = re.search(rf"static const u?int8_t W{u.index}\[(\d+)\]", cs.source)
         assert m and int(m.group(1)) == (u.weight.size * u.bits + 7) // 8 + 1
 
 
