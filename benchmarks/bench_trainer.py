@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -53,6 +54,11 @@ def sgemm_gflops(repeats: int = 7, size: int = 1024) -> list[float]:
         torch.mm(a, b, out=out)
         res.append(2 * size**3 / (time.perf_counter() - t0) / 1e9)
     return res
+
+
+def log(msg: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(f"  [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def true_macs(arch) -> int:
@@ -107,6 +113,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = tr.train(archs)
         batched_s.append(time.perf_counter() - t0)
+        log(f"batched run: {batched_s[-1]:.1f} s")
         plan = tr.last_plan
         sgemm += sgemm_gflops()
         if threads > 1 and not args.no_one_thread:
@@ -115,6 +122,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 BatchedMLPTrainer(task, cfg).train(archs)
                 one_thread_s.append(time.perf_counter() - t0)
+                log(f"batched run, 1 thread: {one_thread_s[-1]:.1f} s")
             finally:
                 torch.set_num_threads(threads)
     assert plan is not None
@@ -134,12 +142,14 @@ def main() -> None:
         t0 = time.perf_counter()
         train_single(a, task, cfg)
         plain_s.append(time.perf_counter() - t0)
+        log(f"plain net {len(plain_s)}/{len(subset)}: {plain_s[-1]:.2f} s")
         if threads > 1 and not args.no_one_thread:
             torch.set_num_threads(1)
             try:
                 t0 = time.perf_counter()
                 train_single(a, task, cfg)
                 plain_1_s.append(time.perf_counter() - t0)
+                log(f"plain net {len(plain_1_s)}/{len(subset)}, 1 thread: {plain_1_s[-1]:.2f} s")
             finally:
                 torch.set_num_threads(threads)
     sgemm += sgemm_gflops()
@@ -163,6 +173,7 @@ def main() -> None:
                 chunk=args.build_chunk,
             )
             t_build = time.perf_counter() - t0
+            log(f"build_dataset: {t_build:.1f} s")
             assert out["trained"] == args.n
         sgemm += sgemm_gflops()
 
