@@ -173,7 +173,7 @@ def export_artifacts(
     else:
         info, check, c_files = _export_c(net, out, platform, self_check)
         files.extend(c_files)
-    manifest = build_manifest(net, target, platform, files, predicted_costs, info, check)
+    manifest = build_manifest(net, target, platform, out, files, predicted_costs, info, check)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return manifest
 
@@ -236,13 +236,13 @@ def build_manifest(
     net: QuantizedNet,
     target: str,
     platform: Any,
+    base: Path,
     files: list[Path],
     predicted_costs: Mapping[str, Any] | None,
     target_info: Mapping[str, Any],
     self_check: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The manifest record (JSON-ready)."""
-    base = files[0].parent if files else Path(".")
+    """The manifest record (JSON-ready); file names are relative to ``base``."""
     file_rec = {}
     for f in files:
         try:
