@@ -1075,7 +1075,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - classify below
         import click
 
-        if isinstance(exc, click.ClickException):
+        click_errors: tuple[type[BaseException], ...] = (click.ClickException,)
+        try:  # typer >= 0.2x vendors its own click; its usage errors are not click's
+            from typer._click.exceptions import ClickException as _TyperClickException
+
+            click_errors += (_TyperClickException,)
+        except ImportError:
+            pass
+        if isinstance(exc, click_errors):
             exc.show()
             return exc.exit_code
         if isinstance(exc, _known_errors()):
