@@ -21,8 +21,10 @@ listed separately, read from the dataset's ``seconds`` column and the model's me
         [--platform bitfusion --platform cortex_m] [--ga-evals 160] [--bo-evals 80]
         [--retrain-seeds 3] [--json OUT]
 
-Defaults run in a few minutes on 2 idle cores (BO's GP asks dominate its time). Check printed
-at the end: INAG's retrained performance within 1 point of the best baseline's.
+Defaults take ~10 minutes on 2 idle cores: GA ~1 min and BO ~3.5 min per platform (BO's GP
+asks dominate; ``--bo-method tpe`` is seconds), INAG under a second; on a loaded machine
+everything is slower. Check printed at the end: INAG's retrained performance within 1 point of
+the best baseline's.
 """
 
 from __future__ import annotations
