@@ -913,6 +913,7 @@ def select(
             seed=seed,
             step=step,
             floor=floor,
+            strict=len(plats) == 1,
         )
     except SelectionError as exc:
         raise CliError(str(exc)) from None
@@ -933,6 +934,19 @@ def select(
                 f"[yellow]{sel.platform}: re-conditioned {len(tr) - 1} time(s):[/yellow] "
                 + ", ".join(f"c={a.condition:.2f} -> {a.survivors} fit" for a in tr)
             )
+        if sel.failure:
+            con.print(f"[red]{sel.platform}: {sel.failure}[/red]")
+            records.append(
+                {
+                    "platform": sel.platform,
+                    "condition": sel.condition,
+                    "tries": [{"condition": a.condition, "survivors": a.survivors} for a in tr],
+                    "funnel": [{"stage": f.name, "kept": f.kept} for f in sel.funnel],
+                    "selected": [],
+                    "failure": sel.failure,
+                }
+            )
+            continue
         con.print(
             f"[bold]{sel.platform}[/bold] funnel: generated {sel.bag.generated} "
             f"({len(sel.bag.archs)} distinct) -> "
@@ -986,7 +1000,7 @@ def select(
                     "bag": n,
                     "select_seconds": dt,
                     "platforms": records,
-                    "selected": records[0]["selected"],
+                    "selected": next((r["selected"] for r in records if r["selected"]), []),
                 },
                 indent=2,
             )
@@ -995,6 +1009,11 @@ def select(
     if plot:
         _pareto_plot(sels, m, plot)
         con.print(f"wrote {plot}")
+    failed = [sel.platform for sel in sels if sel.failure]
+    if failed:
+        raise CliError(
+            f"nothing fits {', '.join(failed)}; the picks for the other platforms are above"
+        )
 
 
 def _pareto_plot(sels: Any, m: Any, path: Path) -> None:
@@ -1053,6 +1072,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ("inag.dataset", "DatasetError"),
         ("inag.nagan", "ModelError"),
         ("export.errors", "ExportError"),
+        ("inag.baselines", "BaselineError"),
+        ("inag.select", "SelectionError"),
     ):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):

@@ -10,7 +10,7 @@ generates a new bag (section 4.1), down to a floor.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -165,6 +165,7 @@ class Selection:
     funnel: tuple[StageResult, ...]
     chosen: np.ndarray  # indices into bag, ranked
     bag: Bag
+    failure: str = ""  # why nothing fits (only with ``select(strict=False)``)
 
     def records(self, model: Nagan, top: int) -> list[dict[str, Any]]:
         out = []
@@ -252,8 +253,14 @@ def select(
     seed: int = 0,
     step: float = 0.05,
     floor: float = 0.05,
+    strict: bool = True,
 ) -> tuple[list[Selection], dict[str, list[Attempt]]]:
-    """One bag, one selection per platform; re-condition per platform when nothing fits."""
+    """One bag, one selection per platform; re-condition per platform when nothing fits.
+
+    A platform that nothing fits raises :class:`SelectionError` with ``strict``; without it,
+    its selection comes back empty with ``failure`` saying why, so one impossible budget does
+    not hide the picks for the other platforms of a multi-platform run.
+    """
     from inag.space import largest_for
 
     costers = {p.name: PlatformCoster(p, reference=largest_for) for p in platforms}
@@ -278,12 +285,15 @@ def select(
             attempt += 1
         if not len(sel.chosen):
             last = sel.funnel[-1]
-            raise SelectionError(
+            why = (
                 f"nothing fits {p.name}, even after re-conditioning from c={condition:.2f} "
                 f"down to c={c:.2f} ({len(tries[p.name])} tries, bags of {n}): stage "
                 f"'{last.name}' removed the last {last.removed} candidates"
                 + (f" — {last.worst_miss}" if last.worst_miss else "")
             )
+            if strict:
+                raise SelectionError(why)
+            sel = replace(sel, failure=why)
         out.append(sel)
     return out, tries
 

@@ -390,6 +390,19 @@ class _Buffers:
                     d["da"] = torch.empty(c.k, bsz, c.w_in)
 
 
+def _affine(b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = b + a @ w`` per net, with every net's result independent of its companions.
+
+    A bmm with one output column takes a gemv path whose result depends on how many nets
+    share the call, so a net's training would depend on its chunk (and a resumed build would
+    write other numbers than an uninterrupted one). A row-wise product and sum does not.
+    """
+    if w.shape[-1] == 1:
+        torch.sum(a * w.transpose(1, 2), dim=-1, keepdim=True, out=out).add_(b)
+    else:
+        torch.baddbmm(b, a, w, out=out)
+
+
 class BatchedMLPTrainer:
     """Train many MLP candidates of one task together (see module docstring).
 
@@ -484,7 +497,7 @@ class BatchedMLPTrainer:
                     d["a"] = a
                 elif "a_src" in d:
                     torch.index_select(d["a_src"], 0, c.rows, out=d["a"])
-                torch.baddbmm(d["bq"], d["a"], d["wq"], out=d["out"])
+                _affine(d["bq"], d["a"], d["wq"], d["out"])
             if not plan.n_hidden[li]:
                 continue
             if train:
@@ -514,7 +527,7 @@ class BatchedMLPTrainer:
                     d["a"] = x.expand(c.k, bsz, c.w_in)
                 elif "a_src" in d:
                     torch.index_select(d["a_src"], 0, c.rows, out=d["a"])
-                torch.baddbmm(d["bq"], d["a"], d["wq"], out=d["out"])
+                _affine(d["bq"], d["a"], d["wq"], d["out"])
             if not plan.n_hidden[li]:
                 continue
             if train:

@@ -364,6 +364,26 @@ def test_select_nothing_fits_is_a_one_paragraph_error(
     assert not js.exists()
 
 
+def test_select_one_impossible_platform_does_not_hide_the_others(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    imp = platform_yaml(tmp_path, "impossible", max_storage_bits=8.0)
+    ok = platform_yaml(tmp_path, "loose_m")
+    js = tmp_path / "partial.json"
+    code, out, err = run(
+        capsys, "select", "--model", tiny_model_path, "-p", imp, "-p", ok, "--condition",
+        "0.5", "-n", "300", "--threshold", "1.0", "--floor", "0.4", "--json", js,
+    )  # fmt: skip
+    assert code == 2
+    assert_one_paragraph_error(err, "nothing fits impossible", "other platforms")
+    data = json.loads(js.read_text())
+    bad, good = data["platforms"]
+    assert bad["selected"] == [] and "stage 'storage'" in bad["failure"]
+    assert good["selected"] and "failure" not in good
+    assert data["selected"] == good["selected"]
+    assert "loose_m" in out and "impossible: nothing fits" in out
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [

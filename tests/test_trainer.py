@@ -25,6 +25,7 @@ from inag.trainer import (
     TrainerConfig,
     _Plan,
     _State,
+    _affine,
     _widths,
     choose_grid,
     pad_widths,
@@ -225,6 +226,24 @@ def test_batched_is_deterministic_and_composition_independent(data_a_small):
             assert r.arch_id == o.arch_id
             assert abs(r.performance - o.performance) <= 1e-6
             assert o.final_loss == pytest.approx(r.final_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("w_in, w_out", [(64, 1), (8, 1), (32, 48), (2, 10)])
+def test_affine_of_a_net_does_not_depend_on_its_companions(w_in, w_out):
+    """Bit for bit: a net's layer output is the same alone and among 37 others (a bmm with
+    one output column is not, which made a regression net's training depend on its chunk)."""
+    gen = torch.Generator().manual_seed(0)
+    k, n = 38, 256
+    a = torch.randn(k, n, w_in, generator=gen)
+    w = torch.randn(k, w_in, w_out, generator=gen)
+    b = torch.randn(k, 1, w_out, generator=gen)
+    out = torch.empty(k, n, w_out)
+    _affine(b, a, w, out)
+    for j in (0, 17, k - 1):
+        alone = torch.empty(1, n, w_out)
+        _affine(b[j : j + 1], a[j : j + 1], w[j : j + 1], alone)
+        assert torch.equal(out[j], alone[0])
+    torch.testing.assert_close(out, torch.baddbmm(b, a, w), rtol=1e-5, atol=1e-5)
 
 
 def test_restarts_pick_best_on_validation(data_a_small):
