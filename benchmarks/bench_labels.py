@@ -61,17 +61,22 @@ def main() -> None:
     for text in args.recipe or [""]:
         cfg = parse_recipe(text)
         t0 = time.perf_counter()
-        perf = np.array([
-            [r.performance for r in BatchedMLPTrainer(task, replace(cfg, seed=s)).train(archs)]
-            for s in range(args.seeds)
-        ])
+        perf = np.array(
+            [
+                [r.performance for r in BatchedMLPTrainer(task, replace(cfg, seed=s)).train(archs)]
+                for s in range(args.seeds)
+            ]
+        )
         secs = time.perf_counter() - t0
         within = perf.var(axis=0, ddof=1).mean()
         rep = 1.0 - within / perf.var(ddof=1)
         dev = np.abs(perf - perf.mean(axis=0)).mean()
         q = np.quantile(perf, [0.1, 0.5, 0.9])
-        print(f"| {text or 'defaults'} | {rep:.3f} | {dev:.4f} | {q[0]:.3f} | {q[1]:.3f} | "
-              f"{q[2]:.3f} | {secs / perf.size:.3f} |", flush=True)
+        print(
+            f"| {text or 'defaults'} | {rep:.3f} | {dev:.4f} | {q[0]:.3f} | {q[1]:.3f} | "
+            f"{q[2]:.3f} | {secs / perf.size:.3f} |",
+            flush=True,
+        )
     print(file=sys.stderr)
 
 

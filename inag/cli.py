@@ -934,18 +934,17 @@ def select(
                 f"[yellow]{sel.platform}: re-conditioned {len(tr) - 1} time(s):[/yellow] "
                 + ", ".join(f"c={a.condition:.2f} -> {a.survivors} fit" for a in tr)
             )
+        record = {
+            "platform": sel.platform,
+            "condition": sel.condition,
+            "tries": [{"condition": a.condition, "survivors": a.survivors} for a in tr],
+            "funnel": [{"stage": f.name, "kept": f.kept} for f in sel.funnel],
+            "selected": [],
+        }
+        records.append(record)
         if sel.failure:
             con.print(f"[red]{sel.platform}: {sel.failure}[/red]")
-            records.append(
-                {
-                    "platform": sel.platform,
-                    "condition": sel.condition,
-                    "tries": [{"condition": a.condition, "survivors": a.survivors} for a in tr],
-                    "funnel": [{"stage": f.name, "kept": f.kept} for f in sel.funnel],
-                    "selected": [],
-                    "failure": sel.failure,
-                }
-            )
+            record["failure"] = sel.failure
             continue
         con.print(
             f"[bold]{sel.platform}[/bold] funnel: generated {sel.bag.generated} "
@@ -979,15 +978,7 @@ def select(
                 f"{r['energy_norm']:.4f}",
             )
         con.print(t)
-        records.append(
-            {
-                "platform": sel.platform,
-                "condition": sel.condition,
-                "tries": [{"condition": a.condition, "survivors": a.survivors} for a in tr],
-                "funnel": [{"stage": f.name, "kept": f.kept} for f in sel.funnel],
-                "selected": recs,
-            }
-        )
+        record["selected"] = recs
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(

@@ -215,8 +215,15 @@ def generate_bag(model: Nagan, condition: float, n: int, seed: int) -> Generated
 
 
 def make_bag(coster: PlatformCoster, gen: Generated) -> Bag:
-    return Bag(gen.condition, gen.archs, gen.estimate, np.abs(gen.estimate - gen.condition),
-               coster.cost(gen.archs), gen.counts, gen.n)
+    return Bag(
+        gen.condition,
+        gen.archs,
+        gen.estimate,
+        np.abs(gen.estimate - gen.condition),
+        coster.cost(gen.archs),
+        gen.counts,
+        gen.n,
+    )
 
 
 def run_stages(bag: Bag, stages: Sequence[Stage], platform: str, rank_by: str) -> Selection:

@@ -23,9 +23,9 @@ from inag.tasks import load_task
 from inag.trainer import (
     BatchedMLPTrainer,
     TrainerConfig,
+    _affine,
     _Plan,
     _State,
-    _affine,
     _widths,
     choose_grid,
     pad_widths,
