@@ -740,17 +740,28 @@ class PlainQATMLP(nn.Module):
         return super().train(mode)
 
 
-def train_single(arch: ArchSpec, task: TaskData, config: TrainerConfig) -> TrainResult:
-    """The plain loop: one net, ordinary PyTorch, same scheme, init, data order and optimizer."""
-    t0 = time.perf_counter()
+class _Diverged(FloatingPointError):
+    pass
+
+
+def _fit_plain(
+    arch: ArchSpec,
+    task: TaskData,
+    config: TrainerConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[PlainQATMLP, BatchedMLPTrainer, float, float]:
+    """The plain loop: one net, ordinary PyTorch, same scheme, init, data order and optimizer.
+
+    Returns the trained model, the helper holding the quantized inputs, the last epoch's mean
+    loss and the test performance; raises :class:`_Diverged` on a non-finite loss.
+    """
     helper = BatchedMLPTrainer(task, config)  # shares the input quantization only
     model = PlainQATMLP(arch, helper.s_x, config.seed, config.act_ema)
     opt = torch.optim.Adam(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=False
     )
     n = len(helper.x_train)
-    last = float("nan")
-    total_steps, step = config.steps(n), 0
+    total_steps, step, last = config.steps(n), 0, float("nan")
     for epoch in range(config.epochs):
         perm = epoch_order(config.seed, epoch, n)
         total = 0.0
@@ -761,14 +772,7 @@ def train_single(arch: ArchSpec, task: TaskData, config: TrainerConfig) -> Train
             loss = _loss_per_net(out.unsqueeze(0), helper.y_train[idx], task.kind)[0]
             model.seen = True
             if not torch.isfinite(loss):
-                return TrainResult(
-                    arch.arch_id,
-                    "failed",
-                    0.0,
-                    float("nan"),
-                    f"diverged: non-finite loss at epoch {epoch + 1}",
-                    time.perf_counter() - t0,
-                )
+                raise _Diverged(f"diverged: non-finite loss at epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for group in opt.param_groups:
@@ -777,6 +781,8 @@ def train_single(arch: ArchSpec, task: TaskData, config: TrainerConfig) -> Train
             step += 1
             total += float(loss.detach()) * len(idx)
         last = total / n
+        if progress is not None:
+            progress(epoch + 1, config.epochs)
     model.eval()
     model.quant_on = True
     with torch.no_grad():
@@ -784,6 +790,18 @@ def train_single(arch: ArchSpec, task: TaskData, config: TrainerConfig) -> Train
     if task.kind == "regression":
         out = out[..., 0]
     perf = float(performance_batch(task.kind, np.asarray(task.y_test), out[None])[0])
+    return model, helper, last, perf
+
+
+def train_single(arch: ArchSpec, task: TaskData, config: TrainerConfig) -> TrainResult:
+    """One net with the plain loop: the reference the batched trainer must match."""
+    t0 = time.perf_counter()
+    try:
+        _, _, last, perf = _fit_plain(arch, task, config)
+    except _Diverged as exc:
+        return TrainResult(
+            arch.arch_id, "failed", 0.0, float("nan"), str(exc), time.perf_counter() - t0
+        )
     return TrainResult(arch.arch_id, "ok", perf, last, "", time.perf_counter() - t0)
 
 
@@ -803,44 +821,10 @@ def train_final(
     at export by ``export.quant``), the activation range per hidden unit, and the input scale.
     """
     t0 = time.perf_counter()
-    helper = BatchedMLPTrainer(task, config)
-    model = PlainQATMLP(arch, helper.s_x, config.seed, config.act_ema)
-    opt = torch.optim.Adam(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=False
-    )
-    n = len(helper.x_train)
-    total_steps, step, last = config.steps(n), 0, float("nan")
-    for epoch in range(config.epochs):
-        perm = epoch_order(config.seed, epoch, n)
-        total = 0.0
-        for start in range(0, n, config.batch_size):
-            idx = perm[start : start + config.batch_size]
-            model.quant_on = step >= config.quant_delay * total_steps
-            loss = _loss_per_net(
-                model(helper.x_train[idx]).unsqueeze(0), helper.y_train[idx], task.kind
-            )[0]
-            model.seen = True
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training diverged at epoch {epoch + 1} (non-finite loss); try a lower --lr"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for group in opt.param_groups:
-                group["lr"] = config.lr_at(step, total_steps)
-            opt.step()
-            step += 1
-            total += float(loss.detach()) * len(idx)
-        last = total / n
-        if progress is not None:
-            progress(epoch + 1, config.epochs)
-    model.eval()
-    model.quant_on = True
-    with torch.no_grad():
-        out = model(helper.x_test).numpy()
-    if task.kind == "regression":
-        out = out[..., 0]
-    perf = float(performance_batch(task.kind, np.asarray(task.y_test), out[None])[0])
+    try:
+        model, helper, last, perf = _fit_plain(arch, task, config, progress)
+    except _Diverged as exc:
+        raise FloatingPointError(f"training {exc}; try a lower --lr") from None
     tensors: dict[str, np.ndarray] = {}
     for i, (w, b) in enumerate(zip(model.weights, model.biases, strict=True)):
         tensors[f"unit{i}.weight"] = w.detach().numpy().astype(np.float32)  # (in, out)
