@@ -674,15 +674,34 @@ def _dataset_space(meta: dict[str, Any]) -> Any:
     return load_space(sp["name"]).bind(sp["input_shape"], sp["output_size"])
 
 
-def _load_model(path: Path) -> Any:
-    from inag.nagan import Nagan
+def bundled_models() -> dict[str, Path]:
+    """Generators shipped with the package, by name (data_a, digits)."""
+    from importlib import resources
 
+    root = Path(str(resources.files("inag").joinpath("models")))
+    return {p.stem: p for p in sorted(root.glob("*.nagan"))}
+
+
+def _load_model(path: Path) -> Any:
+    """A NAGAN artifact by path, or a bundled generator by name (``--model digits``)."""
+    from inag.nagan import ModelError, Nagan
+
+    if not path.exists() and path.suffix == "" and path.parent == Path("."):
+        bundled = bundled_models()
+        if str(path) not in bundled:
+            raise ModelError(
+                f"no NAGAN artifact at {path} and no bundled generator of that name; "
+                f"bundled: {', '.join(bundled) or 'none'} (or train one with `inag train`)"
+            )
+        path = bundled[str(path)]
     return Nagan.load(path)
 
 
 @app.command()
 def generate(
-    model: Annotated[Path, typer.Option(help="NAGAN artifact from `inag train`.")],
+    model: Annotated[
+        Path, typer.Option(help="NAGAN artifact from `inag train`, or a bundled name (digits).")
+    ],
     condition: Annotated[
         float | None, typer.Option(help="Normalized condition c in [0, 1].")
     ] = None,
@@ -737,7 +756,9 @@ def generate(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option(help="NAGAN artifact from `inag train`.")],
+    model: Annotated[
+        Path, typer.Option(help="NAGAN artifact from `inag train`, or a bundled name (digits).")
+    ],
     real: Annotated[int, typer.Option("--real", min=1, help="Nets trained per condition.")] = 8,
     n: Annotated[int, typer.Option("-n", min=1, help="Bag size per condition.")] = 1000,
     threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
@@ -832,9 +853,7 @@ def evaluate(
 # ---------------------------------------------------------------------------- select
 def default_model_path() -> Path:
     """The generator shipped with the package (data_a, MLP space)."""
-    from importlib import resources
-
-    return Path(str(resources.files("inag").joinpath("models/data_a.nagan")))
+    return bundled_models()["data_a"]
 
 
 @app.command()
@@ -846,7 +865,9 @@ def select(
         ),
     ] = ["cortex_m"],  # noqa: B006 - typer needs a list default
     model: Annotated[
-        Path | None, typer.Option(help="NAGAN artifact (default: the bundled data_a generator).")
+        Path | None, typer.Option(
+            help="NAGAN artifact, or a bundled generator by name: data_a (default), digits."
+        )
     ] = None,
     perf: Annotated[
         float | None, typer.Option(help="Raw target performance (R2 or accuracy).")

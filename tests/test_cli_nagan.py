@@ -412,18 +412,35 @@ def test_select_with_an_artifact_from_a_tampered_file(
     assert_one_paragraph_error(err, "content hash")
 
 
-def test_select_with_the_bundled_generator(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    """The README's main command: no --model, the shipped data_a generator."""
-    from inag.cli import default_model_path
+def test_the_package_ships_data_a_and_digits_generators() -> None:
+    from inag.cli import bundled_models, default_model_path
 
-    if not default_model_path().is_file():
-        pytest.skip("no bundled generator in this checkout")
+    assert set(bundled_models()) >= {"data_a", "digits"}
+    assert default_model_path() == bundled_models()["data_a"]
+    assert Nagan.load(bundled_models()["digits"]).task == "digits"
+
+
+@pytest.mark.parametrize("name", [None, "digits"])
+def test_select_with_a_bundled_generator(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str | None
+) -> None:
+    """The README's main command (no --model: the shipped data_a generator), and a bundled
+    generator picked by name."""
     js = tmp_path / "bundled.json"
-    code, out, err = run(capsys, "select", "--platform", "cortex_m", "-n", "1000", "--json", js)
+    extra = () if name is None else ("--model", name)
+    code, out, err = run(
+        capsys, "select", "--platform", "cortex_m", "-n", "1000", "--json", js, *extra
+    )
     assert code == 0, err
     data = json.loads(js.read_text())
-    assert data["task"] == "data_a" and data["selected"]
+    assert data["task"] == (name or "data_a") and data["selected"]
     for r in data["selected"]:
         assert ArchSpec.from_dict(r["arch"]).arch_id == r["arch_id"]
+
+
+def test_an_unknown_bundled_name_lists_the_bundled_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, "generate", "--model", "cifar_big", "--condition", "0.5")
+    assert code == 2
+    assert_one_paragraph_error(err, "no NAGAN artifact at cifar_big", "bundled: data_a, digits")
