@@ -335,7 +335,9 @@ class _Buffers:
                     )
                 )
                 off += k * bsz * w
-            self.masks.append([torch.empty(k, bsz * w, dtype=torch.bool) for w, _, k in items])
+            # float 0/1 masks: a comparison into float and a float multiply are ~5x faster
+            # than into bool and multiplying by a bool tensor (which converts it every time)
+            self.masks.append([torch.empty(k, bsz * w) for w, _, k in items])
             self.z.append(z)
             self.y.append(y)
             self.dy.append(dy)
