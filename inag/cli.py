@@ -842,7 +842,8 @@ def evaluate(
     files = write_report(rep, m, out, extra, sizes)
     for meth in rep.results:
         typer.echo(
-            f"{meth:<16} mDist_f {rep.m_dist(meth, 'f'):6.2f} %  mDist_r "
+            f"{meth:<16} mDist_f {rep.m_dist(meth, 'f'):6.2f} % (trained "
+            f"{rep.m_dist_trained_f(meth):5.2f} %)  mDist_r "
             f"{rep.m_dist(meth, 'r'):6.2f} %  diversity {rep.diversity(meth):.3f}"
         )
     for k, v in extra.items():

@@ -216,9 +216,13 @@ def test_evaluate_writes_report(
     )
     assert code == 0, stdout
     for method in ("nagan", "rejection", "dataset_nearest"):
-        m = re.search(rf"^{method}\s+mDist_f\s+(\S+) %\s+mDist_r\s+(\S+) %", stdout, re.M)
+        m = re.search(
+            rf"^{method}\s+mDist_f\s+(\S+) % \(trained\s+(\S+) %\)\s+mDist_r\s+(\S+) %",
+            stdout,
+            re.M,
+        )
         assert m, stdout
-        assert np.isfinite(float(m.group(1))) and np.isfinite(float(m.group(2)))
+        assert all(np.isfinite(float(g)) for g in m.groups())
     assert "noise floor" in stdout
     assert (out / "report.md").is_file()
     assert (out / "achieved_vs_requested.png").read_bytes()[:8] == PNG

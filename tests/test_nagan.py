@@ -29,6 +29,8 @@ from nagan_fixtures import (  # noqa: F401 - pytest fixtures
 from inag.arch import ArchSpec
 from inag.nagan import ModelError, Nagan
 from inag.space import load_space
+from inag.tasks import load_task
+from inag.trainer import BatchedMLPTrainer, TrainerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -319,7 +321,6 @@ def test_fit_refuses_too_little_or_flat_data(tiny_dataset) -> None:
 # ---------------------------------------------------------------------------- evaluation
 def test_evaluate_and_report(tiny_model: Nagan, tiny_dataset, tmp_path: Path) -> None:
     from inag.evaluate import evaluate, write_report
-    from inag.trainer import TrainerConfig
 
     rep = evaluate(
         tiny_model,
@@ -342,10 +343,19 @@ def test_evaluate_and_report(tiny_model: Nagan, tiny_dataset, tmp_path: Path) ->
             assert 1 <= r.unique <= r.n_candidates
         assert math.isfinite(rep.m_dist(method, "f")) and math.isfinite(rep.m_dist(method, "r"))
         assert 0 < rep.diversity(method) <= 1
-    # dataset_nearest's Dist_r is exact: the dataset's own labels
+    # dataset_nearest: the rows whose labels are nearest c, retrained with a fresh seed
     cn = tiny_model.normalize(tiny_dataset.perf)
-    near = np.sort(np.abs(cn - 0.9))[:2]
-    assert rep.results["dataset_nearest"][1].dist_r == pytest.approx(near.mean())
+    idx = np.argsort(np.abs(cn - 0.9), kind="stable")[:2]
+    near = rep.results["dataset_nearest"][1]
+    assert near.dist_label == pytest.approx(np.abs(cn[idx] - 0.9).mean())
+    task = load_task(tiny_model.task, seed=0)
+    again = BatchedMLPTrainer(task, TrainerConfig(epochs=2, restarts=1, seed=1)).train(
+        [tiny_dataset.archs[j] for j in idx]
+    )
+    assert near.perf_real == tuple(r.performance for r in again)
+    for method in ("nagan", "rejection"):  # confident picks, or else the closest K
+        for r in rep.results[method]:
+            assert 0 <= r.dist_f_trained <= max(rep.threshold, r.dist_f) + 1e-12, (method, r)
 
     out = tmp_path / "report"
     files = write_report(rep, tiny_model, out, {"encoder R2": "x"}, sizes=[(60, 12.0), (120, 9.0)])
