@@ -31,11 +31,15 @@ def main() -> None:
     t = time.perf_counter()
     model = Nagan.load(args.model)
     print(f"model {args.model} loaded in {time.perf_counter() - t:.3f} s")
-    runs = {"cortex_m": [load_platform("cortex_m")],
-            "all bundled": [load_platform(n) for n in bundled_names()]}
+    runs = {
+        "cortex_m": [load_platform("cortex_m")],
+        "all bundled": [load_platform(n) for n in bundled_names()],
+    }
     select(model, runs["cortex_m"], args.condition, n=1000)  # warm up
-    print(f"{'platforms':<12} {'bag':>6} {'distinct':>9} {'median s':>9} {'min s':>7} "
-          f"{'max s':>7}  funnel (first platform)")
+    print(
+        f"{'platforms':<12} {'bag':>6} {'distinct':>9} {'median s':>9} {'min s':>7} "
+        f"{'max s':>7}  funnel (first platform)"
+    )
     for label, plats in runs.items():
         times = []
         for rep in range(args.repeats):
@@ -43,9 +47,11 @@ def main() -> None:
             sels, _ = select(model, plats, args.condition, n=args.n, seed=rep)
             times.append(time.perf_counter() - t)
         funnel = " -> ".join(f"{f.name} {f.kept}" for f in sels[0].funnel)
-        print(f"{label:<12} {args.n:>6} {len(sels[0].bag.archs):>9} "
-              f"{statistics.median(times):>9.3f} {min(times):>7.3f} {max(times):>7.3f}  "
-              f"{funnel}")
+        print(
+            f"{label:<12} {args.n:>6} {len(sels[0].bag.archs):>9} "
+            f"{statistics.median(times):>9.3f} {min(times):>7.3f} {max(times):>7.3f}  "
+            f"{funnel}"
+        )
 
 
 if __name__ == "__main__":

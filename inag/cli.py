@@ -866,9 +866,10 @@ def select(
         ),
     ] = ["cortex_m"],  # noqa: B006 - typer needs a list default
     model: Annotated[
-        Path | None, typer.Option(
+        Path | None,
+        typer.Option(
             help="NAGAN artifact, or a bundled generator by name: data_a (default), digits."
-        )
+        ),
     ] = None,
     perf: Annotated[
         float | None, typer.Option(help="Raw target performance (R2 or accuracy).")

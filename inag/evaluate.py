@@ -145,9 +145,7 @@ def evaluate(
         for c, archs, n_cand, n_uniq, dfm, dft in rows:
             p = np.array([perf[a.arch_id] for a in archs])
             dr = float(np.mean(np.abs(model.normalize(p) - c))) if len(p) else float("nan")
-            out.append(
-                MethodResult(c, n_cand, n_uniq, dfm, len(p), dr, tuple(p.tolist()), dft)
-            )
+            out.append(MethodResult(c, n_cand, n_uniq, dfm, len(p), dr, tuple(p.tolist()), dft))
         results[method] = out
     if dataset is not None:
         d_archs, d_perf = dataset
