@@ -8,10 +8,14 @@ throughput ∝ 1/(b_w·b_a)).
 
 - ``flat_container``: the hardware computes in containers (CMSIS-NN unpacks int4 to int8/16), so
   a width costs what its container costs: the table must hold every container width.
-- ``quadratic``: ∝ b² from the nearest anchor (multiplier energy, exponent ≈ 1.98, Horowitz 2014).
-- ``linear``: ∝ b from the nearest anchor (adders, exponent ≈ 0.87; serial datapaths).
+- ``quadratic``: ∝ b² beyond the anchors (multiplier energy, exponent ≈ 1.98, Horowitz 2014).
+- ``linear``: ∝ b beyond the anchors (adders, exponent ≈ 0.87; serial datapaths).
 - ``inverse_quadratic``: ∝ 1/b² (throughput of bit-composable arrays: Bit Fusion, ISCA 2018,
   64/(b_w·b_a) MACs per fusion unit for container widths).
+
+Between two anchors every law interpolates as a power law through both of them (straight in
+log-log), so measured anchors that deviate from the law never make the figure non-monotone
+between them; the law's exponent extrapolates beyond the outermost anchors.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ def per_width(table: Mapping[int, float], law: str, container: Callable[[int], i
 
     A nominal width runs at its container width ``e`` (a 3-bit value on 2/4/8-bit bricks runs
     as 4-bit). The figure is ``table[e]`` where the table has it; otherwise ``flat_container``
-    takes the nearest larger anchor, and the other laws scale the nearest anchor ``a`` (ties
-    to the larger) by ``(e / a) ** exponent``.
+    takes the nearest larger anchor; the other laws interpolate between the anchors around
+    ``e`` as ``f(lo) * (e / lo) ** k`` with ``k`` fitted through both, and beyond the
+    outermost anchor ``a`` scale it by the law: ``(e / a) ** exponent``.
     """
     if law not in SCALING_LAWS:
         raise ValueError(f"unknown scaling law {law!r}; known: {', '.join(SCALING_LAWS)}")
@@ -46,8 +51,15 @@ def per_width(table: Mapping[int, float], law: str, container: Callable[[int], i
             larger = [a for a in anchors if a >= e]
             out[b] = table[larger[0] if larger else anchors[-1]]
         else:
-            a = min(anchors, key=lambda x: (abs(x - e), -x))
-            out[b] = table[a] * (e / a) ** LAWS[law]
+            lo = [a for a in anchors if a < e]
+            hi = [a for a in anchors if a > e]
+            if lo and hi:
+                a0, a1 = lo[-1], hi[0]
+                k = np.log(table[a1] / table[a0]) / np.log(a1 / a0)
+                out[b] = table[a0] * (e / a0) ** k
+            else:
+                a = hi[0] if hi else lo[-1]
+                out[b] = table[a] * (e / a) ** LAWS[law]
     return out
 
 
