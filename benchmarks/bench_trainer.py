@@ -16,6 +16,8 @@ unless overridden), measured in ONE run:
   run (median of several, interleaved with the training runs);
 - the same batched runs and plain nets with ONE torch thread (the dataset builder's
   per-worker setting), interleaved with the default-thread runs;
+- the ceiling: GFLOP/s of only the matmuls a step issues for the same chunk (same shapes and
+  batch counts), which the trainer's elementwise work pulls it below;
 - optionally nets/s of the full local ``build_dataset`` path (worker processes, one torch
   thread each, process start-up included) on the same archs.
 
@@ -54,6 +56,36 @@ def sgemm_gflops(repeats: int = 7, size: int = 1024) -> list[float]:
         torch.mm(a, b, out=out)
         res.append(2 * size**3 / (time.perf_counter() - t0) / 1e9)
     return res
+
+
+def bmm_ceiling_gflops(plan, bsz: int, steps: int = 20) -> tuple[float, float]:
+    """GFLOP/s (useful, padded) of only the matmuls one training step issues for ``plan``:
+    per class a forward baddbmm and the two backward bmm calls, same shapes and batch counts,
+    nothing else. The batched trainer cannot beat this; it is the ceiling its elementwise work
+    (fake quantization, masks, Adam) pulls it below."""
+    calls = []
+    for classes in plan.layers:
+        for c in classes:
+            a = torch.randn(c.k, bsz, c.w_in)
+            w = torch.randn(c.k, c.w_in, c.w_out)
+            b = torch.randn(c.k, 1, c.w_out)
+            dz = torch.randn(c.k, bsz, c.w_out)
+            out, gw, da = torch.empty_like(dz), torch.empty_like(w), torch.empty_like(a)
+            calls.append((a, w, b, dz, out, gw, da))
+
+    def step() -> None:
+        for a, w, b, dz, out, gw, da in calls:
+            torch.baddbmm(b, a, w, out=out)
+            torch.bmm(a.transpose(1, 2), dz, out=gw)
+            torch.bmm(dz, w.transpose(1, 2), out=da)
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = (time.perf_counter() - t0) / steps
+    per_step = 6 * bsz
+    return per_step * plan.useful_macs / dt / 1e9, per_step * plan.padded_macs / dt / 1e9
 
 
 def log(msg: str) -> None:
@@ -177,6 +209,7 @@ def main() -> None:
             assert out["trained"] == args.n
         sgemm += sgemm_gflops()
 
+    ceil_useful, ceil_padded = bmm_ceiling_gflops(plan, cfg.batch_size)
     g_sgemm = statistics.median(sgemm)
     g_useful = useful / t_b / 1e9
     g_padded = padded / t_b / 1e9
@@ -217,6 +250,9 @@ def main() -> None:
         ("batched useful / sgemm", f"{100 * g_useful / g_sgemm:.1f}%"),
         ("batched padded GFLOP/s (computed incl. padding)", f"{g_padded:.2f}"),
         ("padding waste (1 - useful/padded MACs)", f"{100 * (1 - useful / padded):.1f}%"),
+        ("matmuls alone, same shapes: useful GFLOP/s", f"{ceil_useful:.2f}"),
+        ("matmuls alone: padded GFLOP/s", f"{ceil_padded:.2f}"),
+        ("matmuls alone: useful / sgemm (the ceiling)", f"{100 * ceil_useful / g_sgemm:.1f}%"),
         ("plain useful GFLOP/s", f"{plain_flops / sum(plain_s) / 1e9:.3f}"),
         ("padding grid of the chunk", str(plan.grid)),
         ("failed candidates (batched)", str(failed)),
