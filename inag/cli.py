@@ -799,46 +799,65 @@ def evaluate(
     trainer = TrainerConfig(**meta["trainer"])
     con = _console(stderr=True)
     con.print(f"evaluating {model} on {m.task}: K={real}, bag {n}")
-    rep = run_eval(
-        m,
-        trainer,
-        meta["data_seed"],
-        k=real,
-        n_bag=n,
-        threshold=threshold,
-        seed=seed,
-        dataset=(archs, perf),
-        progress=lambda s: con.print(s),
-    )
-    extra: dict[str, Any] = {
-        "encoder held-out R2": f"{m.meta['encoder']['r2']:.4f}",
-        "encoder Kendall tau": f"{m.meta['encoder']['kendall_tau']:.4f}",
-        "dataset rows": m.meta["dataset_size"],
-        "performance range": f"p_min={m.p_min:.4f}, P_R={m.p_range:.4f}",
-    }
-    if noise:
-        rng = np.random.default_rng(seed)
-        pick = [
-            archs[i] for i in rng.choice(len(archs), size=min(noise, len(archs)), replace=False)
-        ]
-        nf = noise_floor(pick, m.task, meta["data_seed"], trainer, m.p_range)
-        extra["noise floor (mean |p - mean p| / P_R, 5 seeds)"] = f"{nf * 100:.2f} %"
-    sizes: list[tuple[int, float]] = []
-    if train_sizes:
-        for size in [int(s) for s in train_sizes.split(",")]:
-            cfg = replace(m.config, seed=seed)
-            sub, _ = fit_nagan(m.space, archs[:size], perf[:size], m.task, m.task_kind, cfg)
-            r = run_eval(
-                sub,
-                trainer,
-                meta["data_seed"],
-                k=max(2, real // 2),
-                n_bag=n,
-                threshold=threshold,
-                seed=seed,
+    bar, stage = _stage_progress(con)
+
+    def trains(prefix: str = "") -> Callable[[str, int, int], None]:
+        return lambda name, i, total: stage(prefix + name, i, total, {})
+
+    with bar:
+        rep = run_eval(
+            m,
+            trainer,
+            meta["data_seed"],
+            k=real,
+            n_bag=n,
+            threshold=threshold,
+            seed=seed,
+            dataset=(archs, perf),
+            progress=lambda s: con.print(s),
+            train_progress=trains(),
+        )
+        extra: dict[str, Any] = {
+            "encoder held-out R2": f"{m.meta['encoder']['r2']:.4f}",
+            "encoder Kendall tau": f"{m.meta['encoder']['kendall_tau']:.4f}",
+            "dataset rows": m.meta["dataset_size"],
+            "performance range": f"p_min={m.p_min:.4f}, P_R={m.p_range:.4f}",
+        }
+        if noise:
+            rng = np.random.default_rng(seed)
+            chosen = rng.choice(len(archs), size=min(noise, len(archs)), replace=False)
+            pick = [archs[i] for i in chosen]
+            nf = noise_floor(
+                pick, m.task, meta["data_seed"], trainer, m.p_range, train_progress=trains()
             )
-            sizes.append((size, r.m_dist("nagan", "r")))
-            con.print(f"  size {size}: mDist_r {sizes[-1][1]:.2f} %")
+            extra["noise floor (mean |p - mean p| / P_R, 5 seeds)"] = f"{nf * 100:.2f} %"
+        sizes: list[tuple[int, float]] = []
+        if train_sizes:
+            for size in [int(s) for s in train_sizes.split(",")]:
+                cfg = replace(m.config, seed=seed)
+                sub, _ = fit_nagan(
+                    m.space,
+                    archs[:size],
+                    perf[:size],
+                    m.task,
+                    m.task_kind,
+                    cfg,
+                    lambda name, i, total, stats, size=size: stage(
+                        f"size {size}: {name}", i, total, stats
+                    ),
+                )
+                r = run_eval(
+                    sub,
+                    trainer,
+                    meta["data_seed"],
+                    k=max(2, real // 2),
+                    n_bag=n,
+                    threshold=threshold,
+                    seed=seed,
+                    train_progress=trains(f"size {size}: "),
+                )
+                sizes.append((size, r.m_dist("nagan", "r")))
+                con.print(f"  size {size}: mDist_r {sizes[-1][1]:.2f} %")
     files = write_report(rep, m, out, extra, sizes)
     for meth in rep.results:
         typer.echo(

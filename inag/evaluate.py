@@ -64,6 +64,15 @@ class EvalReport:
         return float(np.mean([r.unique / max(r.n_candidates, 1) for r in rs]))
 
 
+def _stage(
+    report: Callable[[str, int, int], None] | None, name: str
+) -> Callable[[int, int], None] | None:
+    """The trainer's (epoch, epochs) callback as one named stage of ``report``."""
+    if report is None:
+        return None
+    return lambda i, n: report(name, i, n)
+
+
 def _pick(
     archs: Sequence[ArchSpec], dist: np.ndarray, threshold: float, k: int, rng: np.random.Generator
 ) -> list[int]:
@@ -89,8 +98,13 @@ def evaluate(
     dataset: tuple[Sequence[ArchSpec], np.ndarray] | None = None,
     conditions: Sequence[float] = CONDITIONS,
     progress: Callable[[str], None] | None = None,
+    train_progress: Callable[[str, int, int], None] | None = None,
 ) -> EvalReport:
-    """mDist_f / mDist_r of NAGAN and of the baselines at the same candidate count."""
+    """mDist_f / mDist_r of NAGAN and of the baselines at the same candidate count.
+
+    ``progress`` gets one-line messages, ``train_progress(stage, epoch, epochs)`` follows the
+    real training runs (they take minutes).
+    """
     import time
 
     t0 = time.perf_counter()
@@ -137,7 +151,9 @@ def evaluate(
     task = load_task(model.task, seed=data_seed)
     flat = [a for v in chosen.values() for x in v for a in x[1]]
     uniq = list({a.arch_id: a for a in flat}.values())
-    res = BatchedMLPTrainer(task, trainer).train(uniq)
+    res = BatchedMLPTrainer(task, trainer).train(
+        uniq, progress=_stage(train_progress, f"train {len(uniq)} picked nets")
+    )
     perf = {a.arch_id: r.performance for a, r in zip(uniq, res, strict=True)}
     results: dict[str, list[MethodResult]] = {}
     for method, rows in chosen.items():
@@ -152,7 +168,9 @@ def evaluate(
         cn = model.normalize(d_perf)
         near = [np.argsort(np.abs(cn - c), kind="stable")[:k] for c in conditions]
         picks = list({d_archs[j].arch_id: d_archs[j] for nr in near for j in nr}.values())
-        again = BatchedMLPTrainer(task, replace(trainer, seed=trainer.seed + 1)).train(picks)
+        again = BatchedMLPTrainer(task, replace(trainer, seed=trainer.seed + 1)).train(
+            picks, progress=_stage(train_progress, f"retrain {len(picks)} dataset rows")
+        )
         fresh = {a.arch_id: r.performance for a, r in zip(picks, again, strict=True)}
         out = []
         for c, nr in zip(conditions, near, strict=True):
@@ -182,16 +200,18 @@ def noise_floor(
     trainer: TrainerConfig,
     p_range: float,
     seeds: int = 5,
+    train_progress: Callable[[str, int, int], None] | None = None,
 ) -> float:
     """Mean |p - mean p| / P_R over ``archs`` retrained with ``seeds`` training seeds."""
-    from dataclasses import replace
-
     task = load_task(task_spec, seed=data_seed)
     perf = np.array(
         [
             [
                 r.performance
-                for r in BatchedMLPTrainer(task, replace(trainer, seed=s)).train(list(archs))
+                for r in BatchedMLPTrainer(task, replace(trainer, seed=s)).train(
+                    list(archs),
+                    progress=_stage(train_progress, f"noise floor, seed {s + 1}/{seeds}"),
+                )
             ]
             for s in range(seeds)
         ]

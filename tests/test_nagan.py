@@ -322,6 +322,7 @@ def test_fit_refuses_too_little_or_flat_data(tiny_dataset) -> None:
 def test_evaluate_and_report(tiny_model: Nagan, tiny_dataset, tmp_path: Path) -> None:
     from inag.evaluate import evaluate, write_report
 
+    seen: dict[str, tuple[int, int]] = {}
     rep = evaluate(
         tiny_model,
         TrainerConfig(epochs=2, restarts=1),
@@ -330,7 +331,14 @@ def test_evaluate_and_report(tiny_model: Nagan, tiny_dataset, tmp_path: Path) ->
         n_bag=100,
         conditions=(0.3, 0.9),
         dataset=(tiny_dataset.archs, tiny_dataset.perf),
+        train_progress=lambda stage, i, n: seen.__setitem__(stage, (i, n)),
     )
+    # every real training shows up as a finished progress stage
+    assert {s.split(" ", 2)[0] + " " + s.split(" ", 2)[2] for s in seen} == {
+        "train picked nets",
+        "retrain dataset rows",
+    }
+    assert all(i == n == 2 for i, n in seen.values())
     assert set(rep.results) == {"nagan", "rejection", "dataset_nearest"}
     for method, rows in rep.results.items():
         assert [r.condition for r in rows] == [0.3, 0.9], method
