@@ -15,6 +15,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from inag.cli_options import (
+    MaxEnergy,
+    MaxEnergyUj,
+    MaxFlashKb,
+    MaxLatencyMs,
+    MaxSramKb,
+    MaxStorage,
+    MaxStorageKb,
+)
+
 if TYPE_CHECKING:
     from hwmodels.costing import CostResult
     from inag.arch import ArchSpec
@@ -900,19 +910,13 @@ def select(
     top: Annotated[int, typer.Option(min=1, help="Ranked nets to show and save.")] = 5,
     threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
     rank_by: Annotated[str, typer.Option(help="dist_f, storage, energy or latency.")] = "dist_f",
-    max_storage: Annotated[
-        float | None,
-        typer.Option(help="Normalized storage limit (eq. 2 / largest arch), e.g. 0.21."),
-    ] = None,
-    max_energy: Annotated[
-        float | None,
-        typer.Option(help="Normalized energy limit (eq. 3 / largest arch), e.g. 0.21."),
-    ] = None,
-    max_storage_kb: Annotated[float | None, typer.Option(help="Eq. 2 storage limit, KB.")] = None,
-    max_energy_uj: Annotated[float | None, typer.Option(help="Energy limit, uJ.")] = None,
-    max_latency_ms: Annotated[float | None, typer.Option(help="Latency limit, ms.")] = None,
-    max_flash_kb: Annotated[float | None, typer.Option(help="Flash limit, KB.")] = None,
-    max_sram_kb: Annotated[float | None, typer.Option(help="SRAM limit, KB.")] = None,
+    max_storage: MaxStorage = None,
+    max_energy: MaxEnergy = None,
+    max_storage_kb: MaxStorageKb = None,
+    max_energy_uj: MaxEnergyUj = None,
+    max_latency_ms: MaxLatencyMs = None,
+    max_flash_kb: MaxFlashKb = None,
+    max_sram_kb: MaxSramKb = None,
     floor: Annotated[float, typer.Option(help="Lowest condition re-conditioning may try.")] = 0.05,
     step: Annotated[float, typer.Option(help="Re-conditioning step.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,

@@ -18,6 +18,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import click
 import typer
 
+from inag.cli_options import (
+    MaxEnergy,
+    MaxEnergyUj,
+    MaxFlashKb,
+    MaxLatencyMs,
+    MaxSramKb,
+    MaxStorage,
+    MaxStorageKb,
+)
+
 if TYPE_CHECKING:
     from inag.baselines import BaselineResult, Evaluator
 
@@ -47,19 +57,13 @@ def baseline(
     platform: Annotated[
         str, typer.Option("--platform", "-p", help="Platform YAML or bundled name.")
     ] = "bitfusion",
-    max_storage: Annotated[
-        float | None,
-        typer.Option(help="Normalized storage limit (eq. 2 / largest arch), e.g. 0.21."),
-    ] = None,
-    max_energy: Annotated[
-        float | None,
-        typer.Option(help="Normalized energy limit (eq. 3 / largest arch), e.g. 0.21."),
-    ] = None,
-    max_storage_kb: Annotated[float | None, typer.Option(help="Eq. 2 storage limit, KB.")] = None,
-    max_energy_uj: Annotated[float | None, typer.Option(help="Energy limit, uJ.")] = None,
-    max_latency_ms: Annotated[float | None, typer.Option(help="Latency limit, ms.")] = None,
-    max_flash_kb: Annotated[float | None, typer.Option(help="Flash limit, KB.")] = None,
-    max_sram_kb: Annotated[float | None, typer.Option(help="SRAM limit, KB.")] = None,
+    max_storage: MaxStorage = None,
+    max_energy: MaxEnergy = None,
+    max_storage_kb: MaxStorageKb = None,
+    max_energy_uj: MaxEnergyUj = None,
+    max_latency_ms: MaxLatencyMs = None,
+    max_flash_kb: MaxFlashKb = None,
+    max_sram_kb: MaxSramKb = None,
     budget_evals: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many evaluated architectures.")
     ] = None,
