@@ -23,6 +23,7 @@ from inag.cli_options import (
     MaxSramKb,
     MaxStorage,
     MaxStorageKb,
+    read_arch_source,
 )
 
 if TYPE_CHECKING:
@@ -243,22 +244,9 @@ def _read_archs(source: str) -> list[ArchSpec]:
     """Architectures from a JSON file, a JSON-lines file, stdin ('-'), or inline JSON."""
     from inag.arch import ArchError, ArchSpec
 
-    if source == "-":
-        text = sys.stdin.read()
-        where = "stdin"
-    elif source.lstrip().startswith("{"):
-        text, where = source, "the argument"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise CliError(
-                f"no architecture file {source!r} (expected a JSON file, a JSON-lines "
-                "file, '-' for stdin, or inline JSON)"
-            )
-        text, where = path.read_text(), str(path)
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        raise CliError(f"{where}: no architecture found (empty input)")
+    text, where, lines = read_arch_source(
+        source, "a JSON file, a JSON-lines file, '-' for stdin, or inline JSON", CliError
+    )
     try:
         return [ArchSpec.from_json(text)]
     except ArchError:
@@ -1121,7 +1109,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; known errors become one paragraph on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode click *returns* the code of a typer.Exit instead of raising
+        rv = app(args=argv, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except typer.Abort:
@@ -1147,7 +1137,6 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo(f"error: {exc}", err=True)
             return 2
         raise
-    return 0
 
 
 def _register_extensions() -> None:

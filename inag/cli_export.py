@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from inag.cli_options import read_arch_source
 
 if TYPE_CHECKING:
     from export.qnet import QuantizedNet
@@ -57,21 +58,9 @@ def read_arch(source: str) -> ArchSpec:
             return ArchSpec.from_dict(rec["arch"])
         except ArchError as exc:
             raise _err(f"{path}#{rank}: not an architecture: {exc}") from None
-    if source == "-":
-        text, where = sys.stdin.read(), "stdin"
-    elif source.lstrip().startswith("{"):
-        text, where = source, "the argument"
-    else:
-        p = Path(source)
-        if not p.is_file():
-            raise _err(
-                f"no architecture file {source!r} (expected a JSON file, inline JSON, '-' for "
-                "stdin, or SELECT.json#RANK)"
-            )
-        text, where = p.read_text(), str(p)
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        raise _err(f"{where}: no architecture found (empty input)")
+    text, where, lines = read_arch_source(
+        source, "a JSON file, inline JSON, '-' for stdin, or SELECT.json#RANK", _err
+    )
     try:
         return ArchSpec.from_json(text)
     except ArchError as exc:

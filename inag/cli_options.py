@@ -1,8 +1,12 @@
-"""Option types shared by several commands (the platform-limit overrides of `select` and
-`baseline`), so a limit reads and validates the same everywhere."""
+"""Pieces shared by several commands: the platform-limit options of `select` and `baseline`,
+and reading architecture JSON from a file, stdin or the argument, so both read and fail the
+same way everywhere."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,3 +24,26 @@ MaxEnergyUj = Annotated[float | None, typer.Option(help="Energy limit, uJ.")]
 MaxLatencyMs = Annotated[float | None, typer.Option(help="Latency limit, ms.")]
 MaxFlashKb = Annotated[float | None, typer.Option(help="Flash limit, KB.")]
 MaxSramKb = Annotated[float | None, typer.Option(help="SRAM limit, KB.")]
+
+
+def read_arch_source(
+    source: str, accepted: str, fail: Callable[[str], Exception]
+) -> tuple[str, str, list[str]]:
+    """(text, where it came from, its non-empty lines) of '-' (stdin), inline JSON or a file.
+
+    ``accepted`` completes the error for a missing file ("expected ..."); ``fail`` builds the
+    command's own error type from a message.
+    """
+    if source == "-":
+        text, where = sys.stdin.read(), "stdin"
+    elif source.lstrip().startswith("{"):
+        text, where = source, "the argument"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise fail(f"no architecture file {source!r} (expected {accepted})")
+        text, where = path.read_text(), str(path)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise fail(f"{where}: no architecture found (empty input)")
+    return text, where, lines
