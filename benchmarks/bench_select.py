@@ -12,24 +12,20 @@ import argparse
 import statistics
 import time
 
-from inag.nagan import Nagan
+from inag.nagan import load_model
 from inag.platform import bundled_names, load_platform
 from inag.select import select
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default=None, help="NAGAN artifact (default: bundled data_a)")
+    ap.add_argument("--model", default="data_a", help="NAGAN artifact or bundled name")
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--condition", type=float, default=0.8)
     args = ap.parse_args()
-    if args.model is None:
-        from inag.cli import default_model_path
-
-        args.model = default_model_path()
     t = time.perf_counter()
-    model = Nagan.load(args.model)
+    model = load_model(args.model)
     print(f"model {args.model} loaded in {time.perf_counter() - t:.3f} s")
     runs = {
         "cortex_m": [load_platform("cortex_m")],

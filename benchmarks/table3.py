@@ -42,7 +42,7 @@ from typing import Any
 from inag.arch import ArchSpec
 from inag.baselines import BaselineResult, TrainEvaluator, search, single_threaded, train_evaluator
 from inag.dataset import DatasetStore
-from inag.nagan import Nagan
+from inag.nagan import Nagan, load_model
 from inag.platform import load_platform
 from inag.select import limit_overrides, select
 
@@ -92,7 +92,7 @@ def main() -> None:
     with DatasetStore(args.db) as store:
         meta = store.meta()
         rows = store.rows(None)
-    model = Nagan.load(args.model)
+    model = load_model(args.model)
     if model.task != meta["task"]:
         sys.exit(f"model task {model.task!r} differs from dataset task {meta['task']!r}")
     ev = train_evaluator(meta["task"], dataset=args.db)

@@ -672,27 +672,11 @@ def _dataset_space(meta: dict[str, Any]) -> Any:
     return load_space(sp["name"]).bind(sp["input_shape"], sp["output_size"])
 
 
-def bundled_models() -> dict[str, Path]:
-    """Generators shipped with the package, by name (data_a, digits)."""
-    from importlib import resources
-
-    root = Path(str(resources.files("inag").joinpath("models")))
-    return {p.stem: p for p in sorted(root.glob("*.nagan"))}
-
-
 def _load_model(path: Path) -> Any:
-    """A NAGAN artifact by path, or a bundled generator by name (``--model digits``)."""
-    from inag.nagan import ModelError, Nagan
+    """A NAGAN artifact by path or a bundled generator by name (torch loads only here)."""
+    from inag.nagan import load_model
 
-    if not path.exists() and path.suffix == "" and path.parent == Path("."):
-        bundled = bundled_models()
-        if str(path) not in bundled:
-            raise ModelError(
-                f"no NAGAN artifact at {path} and no bundled generator of that name; "
-                f"bundled: {', '.join(bundled) or 'none'} (or train one with `inag train`)"
-            )
-        path = bundled[str(path)]
-    return Nagan.load(path)
+    return load_model(path)
 
 
 @app.command()
@@ -871,6 +855,8 @@ def evaluate(
 # ---------------------------------------------------------------------------- select
 def default_model_path() -> Path:
     """The generator shipped with the package (data_a, MLP space)."""
+    from inag.nagan import bundled_models
+
     return bundled_models()["data_a"]
 
 

@@ -210,9 +210,9 @@ def _evaluator(
     meta = dataset_meta(str(db)) if db is not None else None
     model = None
     if model_path is not None:
-        from inag.nagan import Nagan
+        from inag.nagan import load_model
 
-        model = Nagan.load(model_path)
+        model = load_model(model_path)
     sources = {
         "--task": task,
         "--db": None if meta is None else meta.get("task"),

@@ -175,17 +175,18 @@ def evaluate(
         out = []
         for c, nr in zip(conditions, near, strict=True):
             est = model.estimate([d_archs[j] for j in nr])
+            dist_f = float(np.mean(np.abs(est - c)))  # every candidate is also trained
             p = np.array([fresh[d_archs[j].arch_id] for j in nr])
             out.append(
                 MethodResult(
                     c,
                     k,
                     k,
-                    float(np.mean(np.abs(est - c))),
+                    dist_f,
                     k,
                     float(np.mean(np.abs(model.normalize(p) - c))),
                     tuple(p.tolist()),
-                    float(np.mean(np.abs(est - c))),
+                    dist_f,
                     float(np.mean(np.abs(cn[nr] - c))),
                 )
             )

@@ -549,3 +549,26 @@ def fit_nagan(
         **(info or {}),
     }
     return Nagan(space, task, task_kind, p_min, p_range, cfg, enc, G, D, meta), report
+
+
+# ---------------------------------------------------------------------------- bundled models
+def bundled_models() -> dict[str, Path]:
+    """Generators shipped with the package, by name (data_a, digits)."""
+    from importlib import resources
+
+    root = Path(str(resources.files("inag").joinpath("models")))
+    return {p.stem: p for p in sorted(root.glob("*.nagan"))}
+
+
+def load_model(ref: str | Path) -> Nagan:
+    """A NAGAN artifact by path, or a bundled generator by bare name (``digits``)."""
+    path = Path(ref)
+    if not path.exists() and path.suffix == "" and path.parent == Path("."):
+        bundled = bundled_models()
+        if str(path) not in bundled:
+            raise ModelError(
+                f"no NAGAN artifact at {path} and no bundled generator of that name; "
+                f"bundled: {', '.join(bundled) or 'none'} (or train one with `inag train`)"
+            )
+        path = bundled[str(path)]
+    return Nagan.load(path)

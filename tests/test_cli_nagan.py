@@ -417,11 +417,13 @@ def test_select_with_an_artifact_from_a_tampered_file(
 
 
 def test_the_package_ships_data_a_and_digits_generators() -> None:
-    from inag.cli import bundled_models, default_model_path
+    from inag.cli import default_model_path
+    from inag.nagan import bundled_models, load_model
 
     assert set(bundled_models()) >= {"data_a", "digits"}
     assert default_model_path() == bundled_models()["data_a"]
     assert Nagan.load(bundled_models()["digits"]).task == "digits"
+    assert load_model("digits").meta == Nagan.load(bundled_models()["digits"]).meta
 
 
 @pytest.mark.parametrize("name", [None, "digits"])
