@@ -432,7 +432,7 @@ def sample(
     ),
     seed: Annotated[int, typer.Option(help="Sampling and training seed.")] = 0,
     data_seed: Annotated[int, typer.Option(help="Seed of the task's data and splits.")] = 0,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per candidate.")] = 40,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per candidate.")] = 20,
     batch_size: Annotated[int, typer.Option(min=1, help="Minibatch size.")] = 256,
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate (cosine decay).")] = 1e-2,
     quant_delay: Annotated[
@@ -447,9 +447,19 @@ def sample(
     restarts: Annotated[
         int,
         typer.Option(
-            min=1, help="Initializations per architecture; the best on validation counts."
+            min=1,
+            help="Initializations per architecture, each trained in full; --restart-score "
+            "turns them into the label.",
         ),
-    ] = 3,
+    ] = 8,
+    restart_score: Annotated[
+        str,
+        typer.Option(
+            help="mean: the label is the mean test performance over the restarts (what one "
+            "training run of the architecture gives, on average; a diverged run counts 0). "
+            "best: the test performance of the restart best on validation.",
+        ),
+    ] = "mean",
     chunk: Annotated[
         int,
         typer.Option(
@@ -480,14 +490,18 @@ def sample(
     from inag.space import load_space
     from inag.trainer import TrainerConfig
 
-    trainer = TrainerConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        quant_delay=quant_delay,
-        restarts=restarts,
-    )
+    try:
+        trainer = TrainerConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            quant_delay=quant_delay,
+            restarts=restarts,
+            restart_score=restart_score,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     if backend == "local":
         be: Any = LocalBackend(workers)
     elif backend == "ray":

@@ -169,6 +169,7 @@ def test_trainer_config_validation_and_hash():
         {"restarts": 0},
         {"quant_delay": 1.0},
         {"schedule": "step"},
+        {"restart_score": "median"},
     ):
         with pytest.raises(ValueError):
             TrainerConfig(**bad)
@@ -177,6 +178,15 @@ def test_trainer_config_validation_and_hash():
     assert a.lr_at(0, 100) == pytest.approx(a.lr)
     assert a.lr_at(100, 100) == pytest.approx(0.0, abs=1e-12)
     assert TrainerConfig(schedule="constant").lr_at(73, 100) == a.lr
+    assert a.restart_score == "mean"
+    assert TrainerConfig(restart_score="best").config_hash() != a.config_hash()
+
+
+def test_best_of_restarts_recipe_keeps_its_original_hash():
+    """Datasets built before ``restart_score`` existed (best on validation, 40 epochs, 3
+    restarts) still match their recipe: the field is left out of the hash when 'best'."""
+    old = TrainerConfig(epochs=40, restarts=3, restart_score="best")
+    assert old.config_hash() == "4397224b608b05ec"  # TrainerConfig().config_hash() before
 
 
 def test_padding_grid():
@@ -246,11 +256,11 @@ def test_affine_of_a_net_does_not_depend_on_its_companions(w_in, w_out):
     torch.testing.assert_close(out, torch.baddbmm(b, a, w), rtol=1e-5, atol=1e-5)
 
 
-def test_restarts_pick_best_on_validation(data_a_small):
+def test_restart_score_best_picks_best_on_validation(data_a_small):
     """Restart j of an arch starts from its own seeded init (restart 0 is the single-run
     init); the arch reports the test performance of the restart best on validation."""
     archs = sample_archs(data_a_small, 4, seed=3)
-    cfg3 = TrainerConfig(epochs=3, restarts=3)
+    cfg3 = TrainerConfig(epochs=3, restarts=3, restart_score="best")
     tr = BatchedMLPTrainer(data_a_small, cfg3)
     three = tr.train(archs)
     single = BatchedMLPTrainer(data_a_small, CFG).train(archs)
@@ -267,6 +277,48 @@ def test_restarts_pick_best_on_validation(data_a_small):
         assert test[i, 0] == pytest.approx(r1.performance, abs=1e-6)
         assert r3.performance == pytest.approx(test[i, int(np.argmax(val[i]))], abs=1e-6)
     assert len({tuple(np.round(t, 6)) for t in test}) > 1  # restarts do differ
+
+
+def test_restart_score_mean_is_the_mean_over_restarts(data_a_small):
+    """'mean' labels an arch with the mean test performance of its restarts: the expected
+    result of training it once, which varies less from seed to seed than the best of a few."""
+    archs = sample_archs(data_a_small, 4, seed=3)
+    cfg = TrainerConfig(epochs=3, restarts=3, restart_score="mean")
+    tr = BatchedMLPTrainer(data_a_small, cfg)
+    res = tr.train(archs)
+    runs = [a for a in archs for _ in range(3)]
+    keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(3)]
+    plan = _Plan(runs, cfg.seed, cfg.batch_size, keys)
+    state = _State(plan)
+    losses, _ = tr._fit(plan, state, None)
+    test = tr._evaluate(plan, state, tr.x_test, data_a_small.y_test).reshape(4, 3)
+    for i, r in enumerate(res):
+        assert r.status == "ok"
+        assert r.performance == pytest.approx(test[i].mean(), abs=1e-6)
+        assert r.final_loss == pytest.approx(losses.reshape(4, 3)[i].mean(), rel=1e-5)
+
+
+def test_restart_score_mean_counts_a_diverged_restart_as_zero(data_a_small):
+    archs = sample_archs(data_a_small, 8, seed=1)
+    cfg = TrainerConfig(epochs=3, restarts=3, lr=1e4, restart_score="mean")
+    tr = BatchedMLPTrainer(data_a_small, cfg)
+    res = tr.train(archs)
+    runs = [a for a in archs for _ in range(3)]
+    keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(3)]
+    plan = _Plan(runs, cfg.seed, cfg.batch_size, keys)
+    state = _State(plan)
+    _, failed = tr._fit(plan, state, None)
+    test = tr._evaluate(plan, state, tr.x_test, data_a_small.y_test)
+    mixed = 0
+    for i, r in enumerate(res):
+        ok = [3 * i + j for j in range(3) if not failed[3 * i + j]]
+        if not ok:
+            assert r.status == "failed" and r.performance == 0.0
+            continue
+        mixed += len(ok) < 3
+        assert r.status == "ok"
+        assert r.performance == pytest.approx(sum(test[j] for j in ok) / 3, abs=1e-6)
+    assert mixed, "the case under test: an arch with some restarts diverged, some not"
 
 
 def test_diverging_nets_fail_and_the_others_go_on(data_a_small):
