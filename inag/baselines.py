@@ -140,7 +140,7 @@ def train_evaluator(
             )
         data_seed = int(meta.get("data_seed", data_seed))
         if trainer is None:
-            trainer = TrainerConfig(**meta["trainer"])
+            trainer = TrainerConfig.from_record(meta["trainer"])
     task = load_task(task_spec, seed=data_seed)
     return TrainEvaluator(task, trainer if trainer is not None else TrainerConfig())
 

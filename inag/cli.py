@@ -696,7 +696,8 @@ def _load_model(path: Path) -> Any:
 @app.command()
 def generate(
     model: Annotated[
-        Path, typer.Option(help="NAGAN artifact from `inag train`, or a bundled name (digits).")
+        Path,
+        typer.Option(help="NAGAN artifact from `inag train`, or a bundled name (data_a, digits)."),
     ],
     condition: Annotated[
         float | None, typer.Option(help="Normalized condition c in [0, 1].")
@@ -753,7 +754,8 @@ def generate(
 @app.command()
 def evaluate(
     model: Annotated[
-        Path, typer.Option(help="NAGAN artifact from `inag train`, or a bundled name (digits).")
+        Path,
+        typer.Option(help="NAGAN artifact from `inag train`, or a bundled name (data_a, digits)."),
     ],
     real: Annotated[int, typer.Option("--real", min=1, help="Nets trained per condition.")] = 8,
     n: Annotated[int, typer.Option("-n", min=1, help="Bag size per condition.")] = 1000,
@@ -792,7 +794,7 @@ def evaluate(
     with DatasetStore(db) as store:
         archs, perf = store.archs_and_performance()
         meta = store.meta()
-    trainer = TrainerConfig(**meta["trainer"])
+    trainer = TrainerConfig.from_record(meta["trainer"])
     con = _console(stderr=True)
     con.print(f"evaluating {model} on {m.task}: K={real}, bag {n}")
     bar, stage = _stage_progress(con)

@@ -246,7 +246,7 @@ def _evaluator(
     elif model is not None and "trainer" in model.meta:
         # the artifact records the trainer of the dataset it learned from
         trainer_fields, data_seed = model.meta["trainer"], int(model.meta.get("data_seed", 0))
-    config = TrainerConfig(**trainer_fields) if trainer_fields else TrainerConfig()
+    config = TrainerConfig.from_record(trainer_fields) if trainer_fields else TrainerConfig()
     if epochs is not None:
         config = dataclasses.replace(config, epochs=epochs)
     if restarts is not None:

@@ -302,7 +302,7 @@ def train_chunk(payload: dict[str, Any]) -> list[Row]:
 
     torch.set_num_threads(1)
     task = load_task(payload["task"], seed=payload["data_seed"])
-    config = TrainerConfig(**payload["trainer"])
+    config = TrainerConfig.from_record(payload["trainer"])
     archs = [ArchSpec.from_json(a) for a in payload["archs"]]
     results = BatchedMLPTrainer(task, config).train(archs)
     return [

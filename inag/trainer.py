@@ -17,6 +17,7 @@ The quantization rules are those of ``export.quant`` (Jacob et al. 2017), faked 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -64,6 +65,22 @@ class TrainerConfig:
             raise ValueError(f"quant_delay must be in [0, 1), found {self.quant_delay}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', found {self.schedule!r}")
+
+    @classmethod
+    def from_record(cls, fields: dict[str, Any]) -> TrainerConfig:
+        """The config stored with a dataset or artifact (``asdict`` output).
+
+        Records written before ``restart_score`` existed used the best restart on validation,
+        so a record without the field means "best", not today's default.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown trainer setting(s) {unknown} in a stored record; known: {sorted(known)}"
+                " (was it written by a newer INAG?)"
+            )
+        return cls(**{"restart_score": "best", **fields})
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based) of ``total``.

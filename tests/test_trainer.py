@@ -8,6 +8,7 @@ initialization, same data order. Everything runs on real data (data_a, digits), 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from fractions import Fraction
 
 import numpy as np
@@ -187,6 +188,12 @@ def test_best_of_restarts_recipe_keeps_its_original_hash():
     restarts) still match their recipe: the field is left out of the hash when 'best'."""
     old = TrainerConfig(epochs=40, restarts=3, restart_score="best")
     assert old.config_hash() == "4397224b608b05ec"  # TrainerConfig().config_hash() before
+    # a stored record of that time has no restart_score: it reads back as "best"
+    record = {k: v for k, v in asdict(old).items() if k != "restart_score"}
+    assert TrainerConfig.from_record(record) == old
+    assert TrainerConfig.from_record(asdict(TrainerConfig())) == TrainerConfig()
+    with pytest.raises(ValueError, match="unknown trainer setting.*'warmup'"):
+        TrainerConfig.from_record({**record, "warmup": 3})
 
 
 def test_padding_grid():
