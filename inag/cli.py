@@ -451,7 +451,7 @@ def sample(
             help="Initializations per architecture, each trained in full; --restart-score "
             "turns them into the label.",
         ),
-    ] = 8,
+    ] = 16,
     restart_score: Annotated[
         str,
         typer.Option(

@@ -46,7 +46,7 @@ class TrainerConfig:
     act_ema: float = 0.9  # EMA momentum of the activation range (Jacob et al. 2017)
     seed: int = 0
     schedule: str = "cosine"  # "cosine" (to 0 over the run) or "constant"
-    restarts: int = 8  # initializations per arch; see restart_score
+    restarts: int = 16  # initializations per arch; see restart_score
     # how restarts make one label: "best" -- the test performance of the restart best on
     # validation; "mean" -- the mean test performance over restarts (a diverged one counts 0)
     restart_score: str = "mean"

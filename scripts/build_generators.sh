@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the generators shipped in inag/models/ (data_a and digits) from scratch:
 # Monte Carlo dataset -> encoder + NAGAN. Deterministic for the given seeds.
-# Takes about 5.5 + 4.5 minutes of dataset building and 2 x 1 minute of training on 2 idle cores.
+# Takes about 10 + 9 minutes of dataset building (20 epochs x 16 restarts per net) and 2 x 1
+# minute of training on 2 idle cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 INAG=${INAG:-inag}
