@@ -64,7 +64,9 @@ class NaganConfig:
     latent_dim: int = 16
     g_hidden: int = 128
     d_hidden: int = 256
-    gan_steps: int = 2000
+    # 8000: 4-5x the distinct architectures per bag of 2000 steps at the same Dist_f
+    # (docs/nagan.md)
+    gan_steps: int = 8000
     gan_batch: int = 128
     g_lr: float = 2e-4
     d_lr: float = 2e-4

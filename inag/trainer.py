@@ -651,8 +651,9 @@ class BatchedMLPTrainer:
     @torch.no_grad()
     def _evaluate(self, plan: _Plan, st: _State, x: torch.Tensor, y: np.ndarray) -> np.ndarray:
         preds = []
-        for start in range(0, len(x), 1024):
-            buf = self._forward(plan, st, x[start : start + 1024], train=False)
+        step = self.config.batch_size  # the training buffers are reused: no extra memory
+        for start in range(0, len(x), step):
+            buf = self._forward(plan, st, x[start : start + step], train=False)
             preds.append(buf.pred[plan.head_pos].clone())
         out = torch.cat(preds, dim=1).numpy()
         if self.task.kind == "regression":

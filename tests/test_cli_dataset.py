@@ -113,6 +113,20 @@ def test_bad_backend_exits_2(tmp_path, capsys):
     assert "--backend must be 'local' or 'ray'" in capsys.readouterr().err
 
 
+def test_restart_score_is_recorded_and_checked(tmp_path, capsys):
+    """The default label is the mean over restarts; 'best' is another recipe (another trainer
+    hash), so resuming a mean-built DB with --restart-score best is refused, not mixed."""
+    db = tmp_path / "r.sqlite"
+    assert main(sample_args(db, 3)) == 0
+    capsys.readouterr()
+    assert main(["dataset", "info", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trainer"]["restart_score"] == "mean"
+    assert main(sample_args(db, 3, "--restart-score", "best")) == 2
+    assert "trainer configuration" in capsys.readouterr().err
+    assert main(sample_args(tmp_path / "x.sqlite", 3, "--restart-score", "median")) == 2
+    assert "restart_score must be 'best' or 'mean', found 'median'" in capsys.readouterr().err
+
+
 def test_sample_as_a_subprocess(tmp_path):
     """The installed entry point, in its own process: exit codes and streams as a user sees."""
     db = tmp_path / "sub.sqlite"
