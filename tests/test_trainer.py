@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
@@ -263,6 +264,24 @@ def test_affine_of_a_net_does_not_depend_on_its_companions(w_in, w_out):
     torch.testing.assert_close(out, torch.baddbmm(b, a, w), rtol=1e-5, atol=1e-5)
 
 
+def _unpacked_restarts(tr: BatchedMLPTrainer, archs, task) -> dict[str, Any]:
+    """The runs ``tr.train(archs)`` makes, trained again and unpacked: per arch and restart
+    the test and validation performance, final loss and failure reason."""
+    r = tr.config.restarts
+    runs = [a for a in archs for _ in range(r)]
+    keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(r)]
+    plan = _Plan(runs, tr.config.seed, tr.config.batch_size, keys)
+    state = _State(plan)
+    losses, failed = tr._fit(plan, state, None)
+    shape = (len(archs), r)
+    return {
+        "test": tr._evaluate(plan, state, tr.x_test, task.y_test).reshape(shape),
+        "val": tr._evaluate(plan, state, tr.x_val, task.y_val).reshape(shape),
+        "loss": losses.reshape(shape),
+        "failed": np.array(failed, dtype=object).reshape(shape),
+    }
+
+
 def test_restart_score_best_picks_best_on_validation(data_a_small):
     """Restart j of an arch starts from its own seeded init (restart 0 is the single-run
     init); the arch reports the test performance of the restart best on validation."""
@@ -271,14 +290,8 @@ def test_restart_score_best_picks_best_on_validation(data_a_small):
     tr = BatchedMLPTrainer(data_a_small, cfg3)
     three = tr.train(archs)
     single = BatchedMLPTrainer(data_a_small, CFG).train(archs)
-    # the same runs, unpacked: every restart's test and validation performance
-    runs = [a for a in archs for _ in range(3)]
-    keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(3)]
-    plan = _Plan(runs, cfg3.seed, cfg3.batch_size, keys)
-    state = _State(plan)
-    tr._fit(plan, state, None)
-    test = tr._evaluate(plan, state, tr.x_test, data_a_small.y_test).reshape(4, 3)
-    val = tr._evaluate(plan, state, tr.x_val, data_a_small.y_val).reshape(4, 3)
+    runs = _unpacked_restarts(tr, archs, data_a_small)
+    test, val = runs["test"], runs["val"]
     for i, (r3, r1) in enumerate(zip(three, single, strict=True)):
         assert r3.status == "ok"
         assert test[i, 0] == pytest.approx(r1.performance, abs=1e-6)
@@ -293,16 +306,11 @@ def test_restart_score_mean_is_the_mean_over_restarts(data_a_small):
     cfg = TrainerConfig(epochs=3, restarts=3, restart_score="mean")
     tr = BatchedMLPTrainer(data_a_small, cfg)
     res = tr.train(archs)
-    runs = [a for a in archs for _ in range(3)]
-    keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(3)]
-    plan = _Plan(runs, cfg.seed, cfg.batch_size, keys)
-    state = _State(plan)
-    losses, _ = tr._fit(plan, state, None)
-    test = tr._evaluate(plan, state, tr.x_test, data_a_small.y_test).reshape(4, 3)
+    runs = _unpacked_restarts(tr, archs, data_a_small)
     for i, r in enumerate(res):
         assert r.status == "ok"
-        assert r.performance == pytest.approx(test[i].mean(), abs=1e-6)
-        assert r.final_loss == pytest.approx(losses.reshape(4, 3)[i].mean(), rel=1e-5)
+        assert r.performance == pytest.approx(runs["test"][i].mean(), abs=1e-6)
+        assert r.final_loss == pytest.approx(runs["loss"][i].mean(), rel=1e-5)
 
 
 def test_restart_score_mean_counts_a_diverged_restart_as_zero(data_a_small):
@@ -310,21 +318,16 @@ def test_restart_score_mean_counts_a_diverged_restart_as_zero(data_a_small):
     cfg = TrainerConfig(epochs=3, restarts=3, lr=1e4, restart_score="mean")
     tr = BatchedMLPTrainer(data_a_small, cfg)
     res = tr.train(archs)
-    runs = [a for a in archs for _ in range(3)]
-    keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(3)]
-    plan = _Plan(runs, cfg.seed, cfg.batch_size, keys)
-    state = _State(plan)
-    _, failed = tr._fit(plan, state, None)
-    test = tr._evaluate(plan, state, tr.x_test, data_a_small.y_test)
+    runs = _unpacked_restarts(tr, archs, data_a_small)
     mixed = 0
     for i, r in enumerate(res):
-        ok = [3 * i + j for j in range(3) if not failed[3 * i + j]]
+        ok = [j for j in range(3) if not runs["failed"][i, j]]
         if not ok:
             assert r.status == "failed" and r.performance == 0.0
             continue
         mixed += len(ok) < 3
         assert r.status == "ok"
-        assert r.performance == pytest.approx(sum(test[j] for j in ok) / 3, abs=1e-6)
+        assert r.performance == pytest.approx(sum(runs["test"][i, j] for j in ok) / 3, abs=1e-6)
     assert mixed, "the case under test: an arch with some restarts diverged, some not"
 
 
