@@ -471,9 +471,7 @@ class BatchedMLPTrainer:
         """
         t0 = time.perf_counter()
         r = self.config.restarts
-        runs = [a for a in archs for _ in range(r)]
-        keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(r)]
-        plan = _Plan(runs, self.config.seed, min(self.config.batch_size, len(self.x_train)), keys)
+        plan = self._restart_plan(archs)
         self.last_plan = plan
         st = _State(plan)
         losses, failed = self._fit(plan, st, progress)
@@ -481,7 +479,7 @@ class BatchedMLPTrainer:
         val = (
             self._evaluate(plan, st, self.x_val, self.task.y_val)
             if r > 1 and self.config.restart_score == "best"
-            else np.zeros(len(runs))
+            else np.zeros(plan.n)
         )
         dt = (time.perf_counter() - t0) / max(len(archs), 1)
         out = []
@@ -500,6 +498,14 @@ class BatchedMLPTrainer:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _restart_plan(self, archs: Sequence[ArchSpec]) -> _Plan:
+        """The chunk layout of ``archs`` x ``restarts``, arch-major: restart j of an arch
+        starts from the init keyed ``arch_id#j`` (restart 0 from the single-run init)."""
+        r = self.config.restarts
+        runs = [a for a in archs for _ in range(r)]
+        keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(r)]
+        return _Plan(runs, self.config.seed, min(self.config.batch_size, len(self.x_train)), keys)
+
     def _forward(
         self, plan: _Plan, st: _State, x: torch.Tensor, train: bool, quant_on: bool = True
     ) -> _Buffers:

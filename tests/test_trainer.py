@@ -268,9 +268,7 @@ def _unpacked_restarts(tr: BatchedMLPTrainer, archs, task) -> dict[str, Any]:
     """The runs ``tr.train(archs)`` makes, trained again and unpacked: per arch and restart
     the test and validation performance, final loss and failure reason."""
     r = tr.config.restarts
-    runs = [a for a in archs for _ in range(r)]
-    keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(r)]
-    plan = _Plan(runs, tr.config.seed, tr.config.batch_size, keys)
+    plan = tr._restart_plan(archs)
     state = _State(plan)
     losses, failed = tr._fit(plan, state, None)
     shape = (len(archs), r)
