@@ -34,6 +34,11 @@ from export import quant
 from inag.arch import ArchSpec
 from inag.tasks import TaskData, performance_batch
 
+# Fields added after datasets were first written, with the value every earlier record meant:
+# a record without the field reads back as this value, and this value stays out of the hash,
+# so the earlier recipes keep their trainer hash.
+_LEGACY_FIELDS: dict[str, Any] = {"restart_score": "best"}
+
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -80,7 +85,7 @@ class TrainerConfig:
                 f"unknown trainer setting(s) {unknown} in a stored record; known: {sorted(known)}"
                 " (was it written by a newer INAG?)"
             )
-        return cls(**{"restart_score": "best", **fields})
+        return cls(**{**_LEGACY_FIELDS, **fields})
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based) of ``total``.
@@ -96,9 +101,8 @@ class TrainerConfig:
         return self.epochs * math.ceil(n_train / self.batch_size)
 
     def config_hash(self) -> str:
-        fields = asdict(self)
-        if fields["restart_score"] == "best":  # the original recipe keeps its hash
-            del fields["restart_score"]
+        legacy = _LEGACY_FIELDS.items()
+        fields = {k: v for k, v in asdict(self).items() if (k, v) not in legacy}
         text = json.dumps({"trainer": "qat-v1", **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
