@@ -436,6 +436,39 @@ def _affine(b: torch.Tensor, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor
         torch.baddbmm(b, a, w, out=out)
 
 
+ENGINES = ("auto", "c", "torch")
+
+
+def resolve_engine(engine: str) -> str:
+    """"c" or "torch": "auto" takes the C engine where a C compiler builds it."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown trainer engine {engine!r}; available: {', '.join(ENGINES)}")
+    if engine == "auto":
+        from inag import kernels
+
+        return "c" if kernels.available() else "torch"
+    if engine == "c":
+        from inag import kernels
+
+        kernels.qat_library()  # raises KernelUnavailable with the compiler's message
+    return engine
+
+
+def _net_macs(ws: Sequence[int]) -> int:
+    return sum(int(a) * int(b) for a, b in zip(ws, ws[1:], strict=False))
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Per training run (arch-major, ``restarts`` per arch): test and validation
+    performance, last-epoch mean loss, and the failure reason ("" if it trained)."""
+
+    test: np.ndarray
+    val: np.ndarray
+    loss: np.ndarray
+    failed: list[str]
+
+
 class BatchedMLPTrainer:
     """Train many MLP candidates of one task together (see module docstring).
 
@@ -444,9 +477,18 @@ class BatchedMLPTrainer:
     of flat elementwise ops per layer, without autograd's per-op bookkeeping.
     """
 
-    def __init__(self, task: TaskData, config: TrainerConfig):
+    def __init__(
+        self,
+        task: TaskData,
+        config: TrainerConfig,
+        engine: str = "auto",
+        threads: int | None = None,
+    ):
         self.task = task
         self.config = config
+        self.engine = resolve_engine(engine)
+        # the C engine trains one net per thread; the torch engine uses torch's intra-op pool
+        self.threads = threads or torch.get_num_threads()
         x_tr = task.x_train.reshape(len(task.x_train), -1)
         self.s_x = quant.input_scale(x_tr)
         self.x_train = self._quant_input(x_tr)
@@ -471,20 +513,15 @@ class BatchedMLPTrainer:
         ("mean", the expected result of one training run) or the test performance of the one
         best on validation ("best"). Either way the label describes the *architecture*, not
         one lucky or unlucky initialization; the mean is the more reproducible of the two
-        (docs/dataset.md).
+        (docs/dataset.md). ``progress(done, total)`` counts epochs (torch engine) or
+        trained nets (C engine).
         """
         t0 = time.perf_counter()
         r = self.config.restarts
-        plan = self._restart_plan(archs)
-        self.last_plan = plan
-        st = _State(plan)
-        losses, failed = self._fit(plan, st, progress)
-        perf = self._evaluate(plan, st, self.x_test, self.task.y_test)
-        val = (
-            self._evaluate(plan, st, self.x_val, self.task.y_val)
-            if r > 1 and self.config.restart_score == "best"
-            else np.zeros(plan.n)
+        runs = self.train_runs(
+            archs, progress, validation=r > 1 and self.config.restart_score == "best"
         )
+        perf, val, losses, failed = runs.test, runs.val, runs.loss, runs.failed
         dt = (time.perf_counter() - t0) / max(len(archs), 1)
         out = []
         for i, a in enumerate(archs):
@@ -501,15 +538,125 @@ class BatchedMLPTrainer:
             out.append(TrainResult(a.arch_id, "ok", score, loss, "", dt))
         return out
 
-    # ------------------------------------------------------------------ internals
-    def _restart_plan(self, archs: Sequence[ArchSpec]) -> _Plan:
-        """The chunk layout of ``archs`` x ``restarts``, arch-major: restart j of an arch
-        starts from the init keyed ``arch_id#j`` (restart 0 from the single-run init)."""
+    def train_runs(
+        self,
+        archs: Sequence[ArchSpec],
+        progress: Callable[[int, int], None] | None = None,
+        validation: bool = True,
+    ) -> Runs:
+        """Every training run of ``archs`` x ``restarts`` (arch-major), before restarts are
+        reduced to one label: restart j of an arch starts from the init keyed ``arch_id#j``
+        (restart 0 from the single-run init)."""
         r = self.config.restarts
         runs = [a for a in archs for _ in range(r)]
         keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(r)]
-        return _Plan(runs, self.config.seed, min(self.config.batch_size, len(self.x_train)), keys)
+        for a in archs:
+            _widths(a)  # refuses a non-MLP before any work
+        if self.engine == "c":
+            return self._runs_native(runs, keys, progress, validation)
+        plan = _Plan(runs, self.config.seed, min(self.config.batch_size, len(self.x_train)), keys)
+        self.last_plan = plan
+        st = _State(plan)
+        losses, failed = self._fit(plan, st, progress)
+        test = self._evaluate(plan, st, self.x_test, self.task.y_test)
+        val = (
+            self._evaluate(plan, st, self.x_val, self.task.y_val)
+            if validation
+            else np.zeros(plan.n)
+        )
+        return Runs(test, val, losses, failed)
 
+    # ------------------------------------------------------------------ C engine
+    def _runs_native(
+        self,
+        runs: Sequence[ArchSpec],
+        keys: Sequence[str],
+        progress: Callable[[int, int], None] | None,
+        validation: bool,
+    ) -> Runs:
+        """Each run trained alone by the fused C kernel, ``self.threads`` runs at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from inag import kernels
+
+        lib = kernels.qat_library()
+        cfg, task = self.config, self.task
+        n = len(self.x_train)
+        x = np.ascontiguousarray(self.x_train.numpy(), dtype=np.float32)
+        perm = np.stack([epoch_order(cfg.seed, e, n).numpy() for e in range(cfg.epochs)])
+        perm = np.ascontiguousarray(perm, dtype=np.int32)
+        total = cfg.steps(n)
+        lr = np.array([cfg.lr_at(s, total) for s in range(total)], dtype=np.float32)
+        quant_start = math.ceil(cfg.quant_delay * total)  # first step with step >= delay*total
+        if task.kind == "regression":
+            y_reg, y_cls = np.ascontiguousarray(self.y_train.numpy(), dtype=np.float32), None
+        else:
+            y_reg, y_cls = None, np.ascontiguousarray(self.y_train.numpy(), dtype=np.int64)
+        evals = [(self.x_test, task.y_test)] + ([(self.x_val, task.y_val)] if validation else [])
+        x_eval = [np.ascontiguousarray(xe.numpy(), dtype=np.float32) for xe, _ in evals]
+        n_out = task.output_size if task.kind != "regression" else 1
+        preds = [np.zeros((len(runs), len(xe), n_out), np.float32) for xe in x_eval]
+        losses = np.zeros(len(runs))
+        failed = [""] * len(runs)
+        nets = []
+        for a, key in zip(runs, keys, strict=True):
+            ws = _widths(a)
+            gen = torch.Generator().manual_seed(net_seed(cfg.seed, key))
+            parts = []
+            for j in range(len(ws) - 1):
+                w, b = init_dense(gen, ws[j], ws[j + 1])
+                parts += [w.reshape(-1), b]
+            bits = [layer.bits for layer in a.layers] + [a.output_bits]
+            nets.append(
+                (
+                    np.array(ws, np.int32),
+                    np.array([quant.weight_qmax(b) for b in bits], np.int32),
+                    np.array([quant.act_qmax(b) for b in bits], np.int32),
+                    torch.cat(parts).numpy().astype(np.float32),
+                )
+            )
+
+        def ptr(arr: np.ndarray | None) -> int | None:
+            return None if arr is None else arr.ctypes.data
+
+        def one(i: int) -> None:
+            ws, w_q, a_q, params = nets[i]
+            act_max = np.zeros(len(ws) - 1, np.float32)
+            ep_loss = np.zeros(cfg.epochs, np.float32)
+            L = len(ws) - 1
+            status = lib.inag_qat_train(
+                L, ptr(ws), ptr(w_q), ptr(a_q), ptr(params), ptr(act_max), self.s_x, ptr(x),
+                ptr(y_reg), ptr(y_cls), n, ptr(perm), cfg.epochs, cfg.batch_size, ptr(lr),
+                quant_start, cfg.act_ema, cfg.weight_decay, ptr(ep_loss),
+            )  # fmt: skip
+            if status == -2:
+                raise MemoryError("the C trainer could not allocate its buffers")
+            if status >= 0:
+                failed[i] = f"diverged: non-finite loss at epoch {status + 1}"
+                return
+            losses[i] = float(ep_loss[-1])
+            for xe, out in zip(x_eval, preds, strict=True):
+                lib.inag_qat_predict(
+                    L, ptr(ws), ptr(w_q), ptr(a_q), ptr(params), ptr(act_max), self.s_x,
+                    ptr(xe), len(xe), cfg.batch_size, ptr(out[i]),
+                )  # fmt: skip
+
+        # big nets first, so the pool does not end on one long straggler
+        order = sorted(range(len(runs)), key=lambda i: -_net_macs(nets[i][0]))
+        done = 0
+        with ThreadPoolExecutor(max(1, self.threads)) as ex:
+            for _ in ex.map(one, order):
+                done += 1
+                if progress is not None:
+                    progress(done, len(runs))
+        perf = []
+        for (_, y), out in zip(evals, preds, strict=True):
+            o = out[..., 0] if task.kind == "regression" else out
+            perf.append(performance_batch(task.kind, np.asarray(y), o))
+        val = perf[1] if validation else np.zeros(len(runs))
+        return Runs(perf[0], val, losses, failed)
+
+    # ------------------------------------------------------------------ torch engine
     def _forward(
         self, plan: _Plan, st: _State, x: torch.Tensor, train: bool, quant_on: bool = True
     ) -> _Buffers:
