@@ -475,6 +475,14 @@ def sample(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Trainer engine: c (fused C kernels, compiled on first use with the "
+            "machine's C compiler), torch (batched PyTorch), or auto (c where a C compiler "
+            "exists, else torch). Same training rules; the rows record which one ran.",
+        ),
+    ] = "auto",
 ) -> None:
     """Build (or resume) a dataset: sample distinct architectures, QAT-train each, store it."""
     from rich.progress import (
@@ -541,6 +549,7 @@ def sample(
                 data_seed=data_seed,
                 chunk=chunk,
                 progress=report,
+                engine=engine,
             )
         except DatasetError as exc:
             raise CliError(str(exc)) from None

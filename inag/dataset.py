@@ -304,7 +304,8 @@ def train_chunk(payload: dict[str, Any]) -> list[Row]:
     task = load_task(payload["task"], seed=payload["data_seed"])
     config = TrainerConfig.from_record(payload["trainer"])
     archs = [ArchSpec.from_json(a) for a in payload["archs"]]
-    results = BatchedMLPTrainer(task, config).train(archs)
+    trainer = BatchedMLPTrainer(task, config, engine=payload.get("engine", "auto"), threads=1)
+    results = trainer.train(archs)
     return [
         Row(i, a.arch_id, a.to_json(), r.status, r.performance, r.final_loss, r.reason, r.seconds)
         for i, a, r in zip(payload["indices"], archs, results, strict=True)
@@ -429,9 +430,20 @@ def build_dataset(
     data_seed: int = 0,
     chunk: int = DEFAULT_CHUNK,
     progress: Callable[[BuildProgress], None] | None = None,
+    engine: str = "auto",
 ) -> dict[str, int]:
-    """Sample ``n`` distinct architectures and train those not yet in ``db``."""
+    """Sample ``n`` distinct architectures and train those not yet in ``db``.
+
+    ``engine`` is the trainer engine (``inag.trainer.ENGINES``), resolved here once so every
+    worker uses the same one; each row records it with the library versions.
+    """
     from inag.tasks import load_task
+    from inag.trainer import resolve_engine
+
+    try:
+        engine = resolve_engine(engine)
+    except (ValueError, RuntimeError) as exc:
+        raise DatasetError(str(exc)) from None
 
     task = load_task(task_spec, seed=data_seed)
     space = space.bind(task.input_shape, task.output_size)
@@ -441,6 +453,7 @@ def build_dataset(
             "trains MLP spaces (CNN datasets are not supported yet)"
         )
     meta = dataset_meta(task_spec, task.kind, space, seed, data_seed, trainer)
+    meta["versions"]["trainer_engine"] = engine
     archs = space.sample_many(np.random.default_rng(seed), n)
     with DatasetStore(db, create=True) as store:
         store.bind(meta)
@@ -458,6 +471,7 @@ def build_dataset(
                         "task": task_spec,
                         "data_seed": data_seed,
                         "trainer": asdict(trainer),
+                        "engine": engine,
                         "indices": [i for i, _ in part],
                         "archs": [a.to_json() for _, a in part],
                     }

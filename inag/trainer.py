@@ -1,16 +1,22 @@
 """Quantization-aware training of candidate networks: many at once, or one at a time.
 
-The dataset builder trains thousands of small MLPs; PyTorch's per-op overhead would dominate
-one-at-a-time training, and padding every net of a batch to its widest layer wastes most of
-the arithmetic. ``BatchedMLPTrainer`` instead groups, *per layer*, the nets whose layer has the
-same (input width, output width): each group is one exact ``bmm`` with no padding, and the
-outputs are regrouped by width for the next layer. Weights of all nets of a layer live in one
-flat parameter, so fake quantization, bias handling and Adam run in a handful of ops per layer.
+The dataset builder trains thousands of small MLPs, where PyTorch's per-op overhead would
+dominate one-at-a-time training. ``BatchedMLPTrainer`` has two engines with the same rules:
+
+- ``"c"`` (the default where a C compiler exists): ``inag/kernels/qat_mlp.c`` trains each
+  net alone in one fused call -- register-blocked matmul kernels, the elementwise work done
+  on data still in cache, no per-op dispatch -- and runs one net per thread. A net's result
+  cannot depend on its companions, its chunk or the thread count.
+- ``"torch"``: groups, *per layer*, the nets whose layer has the same (input width, output
+  width) on a padding grid chosen per chunk; each group is one ``bmm``, and the weights of
+  all nets of a layer live in one flat parameter, so fake quantization, bias handling and
+  Adam run in a handful of ops per layer. A net's result can move by float summation order
+  with the chunk's padding grid (docs/dataset.md).
 
 Every net keeps its own initialization (seeded by ``config.seed`` and its ``arch_id``) and its
-own Adam state (Adam is elementwise), and all nets see the same minibatch order (seeded by
-``config.seed`` and the epoch). So a net trains the same whether alone or in a batch of any
-composition; ``PlainQATMLP`` + ``train_single`` is the independent one-net reference.
+own Adam state, and all nets see the same minibatch order (seeded by ``config.seed`` and the
+epoch); ``PlainQATMLP`` + ``train_single`` is the independent one-net autograd reference both
+engines are tested against.
 
 The quantization rules are those of ``export.quant`` (Jacob et al. 2017), faked in float.
 """
@@ -440,7 +446,7 @@ ENGINES = ("auto", "c", "torch")
 
 
 def resolve_engine(engine: str) -> str:
-    """"c" or "torch": "auto" takes the C engine where a C compiler builds it."""
+    """The engine ``engine`` names: "auto" is "c" where a C compiler builds it, else "torch"."""
     if engine not in ENGINES:
         raise ValueError(f"unknown trainer engine {engine!r}; available: {', '.join(ENGINES)}")
     if engine == "auto":
@@ -472,9 +478,9 @@ class Runs:
 class BatchedMLPTrainer:
     """Train many MLP candidates of one task together (see module docstring).
 
-    Forward and backward are written out by hand (the straight-through estimators make them
-    short) into preallocated buffers, so a step costs a few bmm calls per class plus a handful
-    of flat elementwise ops per layer, without autograd's per-op bookkeeping.
+    In both engines forward and backward are written out by hand (the straight-through
+    estimators make them short), without autograd's per-op bookkeeping. ``threads``: nets
+    trained at once by the C engine (default: torch's thread count).
     """
 
     def __init__(

@@ -22,6 +22,7 @@ from export import quant
 from inag.arch import ArchSpec, LayerSpec
 from inag.space import load_space
 from inag.tasks import load_task
+from inag import kernels
 from inag.trainer import (
     BatchedMLPTrainer,
     TrainerConfig,
@@ -31,7 +32,20 @@ from inag.trainer import (
     _widths,
     choose_grid,
     pad_widths,
+    resolve_engine,
     train_single,
+)
+
+# Both engines run every behavioural test; the C one needs a C compiler (CI installs gcc).
+ENGINE = pytest.mark.parametrize(
+    "engine",
+    [
+        pytest.param(
+            "c",
+            marks=pytest.mark.skipif(not kernels.available(), reason="no C compiler here"),
+        ),
+        "torch",
+    ],
 )
 
 
@@ -210,10 +224,11 @@ def test_padding_grid():
 CFG = TrainerConfig(epochs=3, restarts=1)
 
 
-def test_batched_matches_plain_reference(data_a_small):
+@ENGINE
+def test_batched_matches_plain_reference(data_a_small, engine):
     """16 nets in one chunk vs each trained alone by the plain autograd loop."""
     archs = sample_archs(data_a_small, 16, seed=1)
-    batched = BatchedMLPTrainer(data_a_small, CFG).train(archs)
+    batched = BatchedMLPTrainer(data_a_small, CFG, engine=engine).train(archs)
     plain = [train_single(a, data_a_small, CFG) for a in archs]
     assert [r.arch_id for r in batched] == [a.arch_id for a in archs]
     assert all(r.status == "ok" for r in batched + plain)
@@ -226,12 +241,75 @@ def test_batched_matches_plain_reference(data_a_small):
     assert np.all((perf >= 0) & (perf <= 1)) and perf.max() > 0.3  # they do learn
 
 
+def test_c_engine_is_bit_identical_alone_in_a_chunk_and_on_any_thread_count(data_a_small):
+    """The C engine trains each net alone, so nothing about the call can move its numbers:
+    a resumed dataset build writes exactly what an uninterrupted one would have."""
+    if not kernels.available():
+        pytest.skip("no C compiler here")
+    archs = sample_archs(data_a_small, 10, seed=2)
+    cfg = TrainerConfig(epochs=3, restarts=2)
+
+    def key(res):
+        return [(r.arch_id, r.status, r.performance, r.final_loss) for r in res]
+
+    ref = BatchedMLPTrainer(data_a_small, cfg, engine="c", threads=1).train(archs)
+    two = BatchedMLPTrainer(data_a_small, cfg, engine="c", threads=2).train(archs)
+    alone = [
+        BatchedMLPTrainer(data_a_small, cfg, engine="c").train([a])[0] for a in archs[:4]
+    ]
+    reordered = BatchedMLPTrainer(data_a_small, cfg, engine="c").train(archs[::-1])[::-1]
+    assert key(two) == key(ref)
+    assert key(alone) == key(ref[:4])
+    assert key(reordered) == key(ref)
+
+
+def test_engine_choice():
+    assert resolve_engine("torch") == "torch"
+    assert resolve_engine("auto") == ("c" if kernels.available() else "torch")
+    with pytest.raises(ValueError, match="available: auto, c, torch"):
+        resolve_engine("cuda")
+
+
+def test_without_a_compiler_auto_falls_back_to_torch(monkeypatch, tmp_path):
+    """No C compiler on PATH and an empty kernel cache: "auto" trains with torch, and an
+    explicit "c" is a clear error that says what to install."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("INAG_CACHE_DIR", str(tmp_path / "cache"))
+    kernels.library_path.cache_clear()
+    kernels.qat_library.cache_clear()
+    try:
+        assert not kernels.available()
+        assert resolve_engine("auto") == "torch"
+        with pytest.raises(kernels.KernelUnavailable, match="no C compiler found"):
+            resolve_engine("c")
+    finally:
+        kernels.library_path.cache_clear()
+        kernels.qat_library.cache_clear()
+
+
+def test_kernel_is_compiled_once_per_cache(monkeypatch, tmp_path):
+    if not kernels.available():
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("INAG_CACHE_DIR", str(tmp_path))
+    kernels.library_path.cache_clear()
+    try:
+        lib = kernels.library_path()
+        assert lib.parent == tmp_path / "kernels" and lib.exists()
+        stamp = lib.stat().st_mtime_ns
+        kernels.library_path.cache_clear()
+        assert kernels.library_path() == lib and lib.stat().st_mtime_ns == stamp
+        assert [p.name for p in lib.parent.iterdir()] == [lib.name]  # no temp files left
+    finally:
+        kernels.library_path.cache_clear()
+
+
 def test_batched_is_deterministic_and_composition_independent(data_a_small):
     """Same chunk twice: identical numbers. Alone or in another chunk: equal up to float
     summation order (the padding grid of a chunk depends on its members, and a bmm over a
     zero-padded inner dimension may sum in another order)."""
     archs = sample_archs(data_a_small, 12, seed=2)
-    tr = BatchedMLPTrainer(data_a_small, CFG)
+    tr = BatchedMLPTrainer(data_a_small, CFG, engine="torch")
     first = tr.train(archs)
     second = tr.train(archs)
     assert [(r.performance, r.final_loss, r.status) for r in first] == [
@@ -264,31 +342,29 @@ def test_affine_of_a_net_does_not_depend_on_its_companions(w_in, w_out):
     torch.testing.assert_close(out, torch.baddbmm(b, a, w), rtol=1e-5, atol=1e-5)
 
 
-def _unpacked_restarts(tr: BatchedMLPTrainer, archs, task) -> dict[str, Any]:
+def _unpacked_restarts(tr: BatchedMLPTrainer, archs) -> dict[str, Any]:
     """The runs ``tr.train(archs)`` makes, trained again and unpacked: per arch and restart
     the test and validation performance, final loss and failure reason."""
-    r = tr.config.restarts
-    plan = tr._restart_plan(archs)
-    state = _State(plan)
-    losses, failed = tr._fit(plan, state, None)
-    shape = (len(archs), r)
+    runs = tr.train_runs(archs)
+    shape = (len(archs), tr.config.restarts)
     return {
-        "test": tr._evaluate(plan, state, tr.x_test, task.y_test).reshape(shape),
-        "val": tr._evaluate(plan, state, tr.x_val, task.y_val).reshape(shape),
-        "loss": losses.reshape(shape),
-        "failed": np.array(failed, dtype=object).reshape(shape),
+        "test": runs.test.reshape(shape),
+        "val": runs.val.reshape(shape),
+        "loss": runs.loss.reshape(shape),
+        "failed": np.array(runs.failed, dtype=object).reshape(shape),
     }
 
 
-def test_restart_score_best_picks_best_on_validation(data_a_small):
+@ENGINE
+def test_restart_score_best_picks_best_on_validation(data_a_small, engine):
     """Restart j of an arch starts from its own seeded init (restart 0 is the single-run
     init); the arch reports the test performance of the restart best on validation."""
     archs = sample_archs(data_a_small, 4, seed=3)
     cfg3 = TrainerConfig(epochs=3, restarts=3, restart_score="best")
-    tr = BatchedMLPTrainer(data_a_small, cfg3)
+    tr = BatchedMLPTrainer(data_a_small, cfg3, engine=engine)
     three = tr.train(archs)
-    single = BatchedMLPTrainer(data_a_small, CFG).train(archs)
-    runs = _unpacked_restarts(tr, archs, data_a_small)
+    single = BatchedMLPTrainer(data_a_small, CFG, engine=engine).train(archs)
+    runs = _unpacked_restarts(tr, archs)
     test, val = runs["test"], runs["val"]
     for i, (r3, r1) in enumerate(zip(three, single, strict=True)):
         assert r3.status == "ok"
@@ -297,26 +373,28 @@ def test_restart_score_best_picks_best_on_validation(data_a_small):
     assert len({tuple(np.round(t, 6)) for t in test}) > 1  # restarts do differ
 
 
-def test_restart_score_mean_is_the_mean_over_restarts(data_a_small):
+@ENGINE
+def test_restart_score_mean_is_the_mean_over_restarts(data_a_small, engine):
     """'mean' labels an arch with the mean test performance of its restarts: the expected
     result of training it once, which varies less from seed to seed than the best of a few."""
     archs = sample_archs(data_a_small, 4, seed=3)
     cfg = TrainerConfig(epochs=3, restarts=3, restart_score="mean")
-    tr = BatchedMLPTrainer(data_a_small, cfg)
+    tr = BatchedMLPTrainer(data_a_small, cfg, engine=engine)
     res = tr.train(archs)
-    runs = _unpacked_restarts(tr, archs, data_a_small)
+    runs = _unpacked_restarts(tr, archs)
     for i, r in enumerate(res):
         assert r.status == "ok"
         assert r.performance == pytest.approx(runs["test"][i].mean(), abs=1e-6)
         assert r.final_loss == pytest.approx(runs["loss"][i].mean(), rel=1e-5)
 
 
-def test_restart_score_mean_counts_a_diverged_restart_as_zero(data_a_small):
+@ENGINE
+def test_restart_score_mean_counts_a_diverged_restart_as_zero(data_a_small, engine):
     archs = sample_archs(data_a_small, 8, seed=1)
     cfg = TrainerConfig(epochs=3, restarts=3, lr=1e4, restart_score="mean")
-    tr = BatchedMLPTrainer(data_a_small, cfg)
+    tr = BatchedMLPTrainer(data_a_small, cfg, engine=engine)
     res = tr.train(archs)
-    runs = _unpacked_restarts(tr, archs, data_a_small)
+    runs = _unpacked_restarts(tr, archs)
     mixed = 0
     for i, r in enumerate(res):
         ok = [j for j in range(3) if not runs["failed"][i, j]]
@@ -329,11 +407,12 @@ def test_restart_score_mean_counts_a_diverged_restart_as_zero(data_a_small):
     assert mixed, "the case under test: an arch with some restarts diverged, some not"
 
 
-def test_diverging_nets_fail_and_the_others_go_on(data_a_small):
+@ENGINE
+def test_diverging_nets_fail_and_the_others_go_on(data_a_small, engine):
     """lr=1e4 blows up most nets of a chunk (non-finite loss) but not all of them."""
     archs = sample_archs(data_a_small, 16, seed=1)
     cfg = TrainerConfig(epochs=3, restarts=1, lr=1e4)
-    res = BatchedMLPTrainer(data_a_small, cfg).train(archs)
+    res = BatchedMLPTrainer(data_a_small, cfg, engine=engine).train(archs)
     failed = [r for r in res if r.status == "failed"]
     ok = [r for r in res if r.status == "ok"]
     assert failed and ok, [r.status for r in res]
@@ -345,18 +424,19 @@ def test_diverging_nets_fail_and_the_others_go_on(data_a_small):
         assert 0.0 <= r.performance <= 1.0
     # the survivors trained exactly as they would have without the diverging neighbours
     survivors = [a for a, r in zip(archs, res, strict=True) if r.status == "ok"]
-    again = BatchedMLPTrainer(data_a_small, cfg).train(survivors)
+    again = BatchedMLPTrainer(data_a_small, cfg, engine=engine).train(survivors)
     assert [r.performance for r in again] == pytest.approx([r.performance for r in ok], abs=1e-6)
     # and the plain reference agrees on who diverges
     plain = [train_single(a, data_a_small, cfg) for a in archs]
     assert [p.status for p in plain] == [r.status for r in res]
 
 
-def test_classification_on_digits_beats_chance():
+@ENGINE
+def test_classification_on_digits_beats_chance(engine):
     task = load_task("digits", seed=0)
     archs = sample_archs(task, 8, seed=0)
     cfg = TrainerConfig(epochs=5, restarts=1)
-    res = BatchedMLPTrainer(task, cfg).train(archs)
+    res = BatchedMLPTrainer(task, cfg, engine=engine).train(archs)
     acc = np.array([r.performance for r in res])
     assert all(r.status == "ok" for r in res)
     assert np.all((acc >= 0) & (acc <= 1))
@@ -369,7 +449,7 @@ def test_classification_on_digits_beats_chance():
 def test_padded_units_stay_exactly_zero(data_a_small):
     """Padding is inert: padded weights, biases and Adam moments are exactly 0 after training."""
     archs = sample_archs(data_a_small, 16, seed=1)
-    tr = BatchedMLPTrainer(data_a_small, CFG)
+    tr = BatchedMLPTrainer(data_a_small, CFG, engine="torch")
     plan = _Plan(archs, CFG.seed, CFG.batch_size)
     assert plan.padded_macs > plan.useful_macs  # this chunk does get padded
     state = _State(plan)
@@ -395,22 +475,32 @@ def test_padded_units_stay_exactly_zero(data_a_small):
     assert n_pad > 0
 
 
-def test_non_mlp_is_refused(data_a_small):
+@ENGINE
+def test_non_mlp_is_refused(data_a_small, engine):
     cnn = ArchSpec("cnn", (1, 8, 8), 1, (LayerSpec(4, 8, "conv", kernel=3),))
     with pytest.raises(ValueError, match="MLP"):
-        BatchedMLPTrainer(data_a_small, CFG).train([cnn])
+        BatchedMLPTrainer(data_a_small, CFG, engine=engine).train([cnn])
+
+
+QUALITY_CFG = TrainerConfig(epochs=20, restarts=1)
+
+
+@pytest.fixture(scope="module")
+def plain_64():
+    """64 sampled data_a nets, each trained by the plain one-net loop (computed once)."""
+    task = load_task("data_a", seed=0)
+    archs = sample_archs(task, 64, seed=0)
+    return task, archs, [train_single(a, task, QUALITY_CFG) for a in archs]
 
 
 @pytest.mark.slow
-def test_quality_over_64_sampled_nets():
+@ENGINE
+def test_quality_over_64_sampled_nets(plain_64, engine):
     """The issue's criterion: over 64 sampled data_a nets, mean |dR2| <= 0.02 between the
     batched trainer and the plain one-net loop (full data, 20 epochs, one initialization:
     ``train_single`` has no restarts)."""
-    task = load_task("data_a", seed=0)
-    archs = sample_archs(task, 64, seed=0)
-    cfg = TrainerConfig(epochs=20, restarts=1)
-    batched = BatchedMLPTrainer(task, cfg).train(archs)
-    plain = [train_single(a, task, cfg) for a in archs]
+    task, archs, plain = plain_64
+    batched = BatchedMLPTrainer(task, QUALITY_CFG, engine=engine).train(archs)
     assert [b.status for b in batched] == [p.status for p in plain]
     d = np.array([abs(b.performance - p.performance) for b, p in zip(batched, plain, strict=True)])
     assert d.mean() <= 0.02, (d.mean(), d.max())

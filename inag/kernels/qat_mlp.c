@@ -326,14 +326,14 @@ static void forward(Net *n, const float *params, float *act_max, int *seen, floa
 static float loss_grad(const Net *n, const float *yr, const int64_t *yc, const int *idx,
                        int bsz, int classes, float *dpred) {
   const float *p = n->pred;
-  double loss = 0.0;
+  float loss = 0.f; /* float32, like torch: a sum past FLT_MAX is a divergence there too */
   if (!yc) {
     for (int i = 0; i < bsz; i++) {
       float d = p[i] - yr[idx[i]];
-      loss += (double)(d * d);
+      loss += d * d;
       dpred[i] = d * (2.f / (float)bsz);
     }
-    return (float)(loss / bsz);
+    return loss / (float)bsz;
   }
   for (int i = 0; i < bsz; i++) {
     const float *r = p + (long)i * classes;
@@ -343,11 +343,11 @@ static float loss_grad(const Net *n, const float *yr, const int64_t *yc, const i
     for (int c = 0; c < classes; c++) s += expf(r[c] - mx);
     float lse = mx + logf(s);
     int t = (int)yc[idx[i]];
-    loss += (double)(lse - r[t]);
+    loss += lse - r[t];
     for (int c = 0; c < classes; c++)
       dpred[(long)i * classes + c] = (expf(r[c] - lse) - (c == t ? 1.f : 0.f)) / (float)bsz;
   }
-  return (float)(loss / bsz);
+  return loss / (float)bsz;
 }
 
 /* Gradients of every parameter for the minibatch `x` (after `forward`). */
