@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from export import quant
+from inag import kernels
 from inag.arch import ArchSpec, LayerSpec
 from inag.space import load_space
 from inag.tasks import load_task
-from inag import kernels
 from inag.trainer import (
     BatchedMLPTrainer,
     TrainerConfig,
@@ -254,9 +254,7 @@ def test_c_engine_is_bit_identical_alone_in_a_chunk_and_on_any_thread_count(data
 
     ref = BatchedMLPTrainer(data_a_small, cfg, engine="c", threads=1).train(archs)
     two = BatchedMLPTrainer(data_a_small, cfg, engine="c", threads=2).train(archs)
-    alone = [
-        BatchedMLPTrainer(data_a_small, cfg, engine="c").train([a])[0] for a in archs[:4]
-    ]
+    alone = [BatchedMLPTrainer(data_a_small, cfg, engine="c").train([a])[0] for a in archs[:4]]
     reordered = BatchedMLPTrainer(data_a_small, cfg, engine="c").train(archs[::-1])[::-1]
     assert key(two) == key(ref)
     assert key(alone) == key(ref[:4])
