@@ -4,24 +4,26 @@ On the same sampled ``data_a`` architectures (space ``mlp``, sampling seed 0 -- 
 ``inag sample --task data_a --seed 0`` would train) and the same ``TrainerConfig`` (defaults
 unless overridden), measured in ONE run:
 
-- nets/s of ``BatchedMLPTrainer`` (in-process, torch's default thread count), median of
-  ``--repeats`` runs over all archs in one chunk;
+- nets/s of ``BatchedMLPTrainer`` with its default C engine (in-process, one net per thread,
+  torch's default thread count), median of ``--repeats`` runs over all archs in one chunk;
+- the same for its PyTorch engine (grouped ``bmm`` calls), interleaved with the C runs;
 - nets/s of the plain loop (``train_single``: ordinary autograd + ``torch.optim.Adam``, one net
   at a time) timed on an evenly spaced subset of the archs and scaled per net;
 - their ratio; both counted in *trained networks* (the batched trainer trains ``restarts``
   initializations per arch, ``train_single`` one, so a training run is the common unit);
-- useful GFLOP/s of the batched trainer (true widths only: 6 flops per MAC -- forward 2,
-  backward 4 -- x training samples per epoch x epochs x sum of layer in*out), its padded
-  GFLOP/s and the padding waste, against a 1024^3 float32 ``torch.mm`` measured in the same
-  run (median of several, interleaved with the training runs);
-- the same batched runs and plain nets with ONE torch thread (the dataset builder's
-  per-worker setting), interleaved with the default-thread runs;
-- the ceiling: GFLOP/s of only the matmuls a step issues for the same chunk (same shapes and
-  batch counts), which the trainer's elementwise work pulls it below;
+- useful GFLOP/s of each engine (true widths only: 6 flops per MAC -- forward 2, backward 4
+  -- x training samples per epoch x epochs x sum of layer in*out; the C engine computes no
+  padding, the torch engine's padded GFLOP/s and padding waste are shown), against a 1024^3
+  float32 ``torch.mm`` measured in the same run (median of several, interleaved with the
+  training runs);
+- the same batched runs and plain nets with ONE thread (the dataset builder's per-worker
+  setting), interleaved with the default-thread runs;
+- the torch engine's ceiling: GFLOP/s of only the bmm calls a step issues for the same chunk
+  (same shapes and batch counts), which its elementwise work pulls it below;
 - optionally nets/s of the full local ``build_dataset`` path (worker processes, one torch
   thread each, process start-up included) on the same archs.
 
-    python benchmarks/bench_trainer.py [--n 64] [--plain 16] [--repeats 3] [--epochs 40]
+    python benchmarks/bench_trainer.py [--n 64] [--plain 16] [--repeats 3] [--epochs 20]
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=None, help="override TrainerConfig.restarts")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-one-thread", action="store_true", help="skip the 1-thread batched runs")
+    ap.add_argument(
+        "--no-torch-engine", action="store_true", help="skip the PyTorch engine's runs"
+    )
     ap.add_argument("--no-build", action="store_true", help="skip the build_dataset run")
     ap.add_argument("--build-workers", type=int, default=2)
     ap.add_argument("--build-chunk", type=int, default=32)
@@ -136,34 +141,35 @@ def main() -> None:
 
     # ---------------------------------------------------------------- batched (+ sgemm)
     sgemm = sgemm_gflops()
-    batched_s: list[float] = []
-    one_thread_s: list[float] = []
+    engines = ["c"] + ([] if args.no_torch_engine else ["torch"])
+    wall: dict[tuple[str, int], list[float]] = {}
     plan = None
+    res = []
     threads = torch.get_num_threads()
-    for _ in range(args.repeats):
-        tr = BatchedMLPTrainer(task, cfg)
-        t0 = time.perf_counter()
-        res = tr.train(archs)
-        batched_s.append(time.perf_counter() - t0)
-        log(f"batched run: {batched_s[-1]:.1f} s")
-        plan = tr.last_plan
-        sgemm += sgemm_gflops()
-        if threads > 1 and not args.no_one_thread:
-            torch.set_num_threads(1)
-            try:
-                t0 = time.perf_counter()
-                BatchedMLPTrainer(task, cfg).train(archs)
-                one_thread_s.append(time.perf_counter() - t0)
-                log(f"batched run, 1 thread: {one_thread_s[-1]:.1f} s")
-            finally:
-                torch.set_num_threads(threads)
-    assert plan is not None
+    thread_counts = [threads] + ([1] if threads > 1 and not args.no_one_thread else [])
+    for rep in range(args.repeats):
+        for engine in engines:
+            for th in thread_counts:
+                torch.set_num_threads(th)
+                try:
+                    tr = BatchedMLPTrainer(task, cfg, engine=engine, threads=th)
+                    t0 = time.perf_counter()
+                    out = tr.train(archs)
+                    wall.setdefault((engine, th), []).append(time.perf_counter() - t0)
+                finally:
+                    torch.set_num_threads(threads)
+                took = wall[engine, th][-1]
+                log(f"{engine} engine, {th} thread(s), run {rep + 1}: {took:.1f} s")
+                if engine == "torch":
+                    plan = tr.last_plan
+                if engine == "c" and th == threads:
+                    res = out
+            sgemm += sgemm_gflops()
     failed = sum(r.status != "ok" for r in res)
-    t_b = statistics.median(batched_s)
+    t_b = statistics.median(wall["c", threads])
     runs = args.n * cfg.restarts
     flops_per_mac = 6 * n_train * cfg.epochs
-    useful = flops_per_mac * plan.useful_macs
-    padded = flops_per_mac * plan.padded_macs
+    useful = flops_per_mac * cfg.restarts * sum(true_macs(a) for a in archs)
 
     # ---------------------------------------------------------------- plain loop
     step = max(1, args.n // args.plain)
@@ -209,10 +215,8 @@ def main() -> None:
             assert out["trained"] == args.n
         sgemm += sgemm_gflops()
 
-    ceil_useful, ceil_padded = bmm_ceiling_gflops(plan, cfg.batch_size)
     g_sgemm = statistics.median(sgemm)
     g_useful = useful / t_b / 1e9
-    g_padded = padded / t_b / 1e9
     nets_b = runs / t_b
     nets_p = 1.0 / t_plain_net
     load1 = os.getloadavg()
@@ -221,41 +225,54 @@ def main() -> None:
     print(f"{'measurement':<52} {'value':>12}")
     print("-" * 65)
     rows: list[tuple[str, str]] = [
-        (f"batched: wall s for {args.n} archs x {cfg.restarts} inits (median)", f"{t_b:.2f}"),
-        ("batched: all runs, s", " ".join(f"{s:.1f}" for s in batched_s)),
-        ("batched: trained nets/s", f"{nets_b:.2f}"),
-        ("batched: archs/s", f"{args.n / t_b:.2f}"),
+        (f"C engine: wall s, {args.n} archs x {cfg.restarts} inits (median)", f"{t_b:.2f}"),
+        ("C engine: all runs, s", " ".join(f"{s:.1f}" for s in wall["c", threads])),
+        ("C engine: trained nets/s", f"{nets_b:.2f}"),
+        ("C engine: archs/s", f"{args.n / t_b:.2f}"),
         (f"plain: s per net (mean of {len(subset)} archs, every {step})", f"{t_plain_net:.2f}"),
         ("plain: trained nets/s (scaled per net)", f"{nets_p:.3f}"),
-        ("RATIO batched / plain (nets/s)", f"{nets_b / nets_p:.1f}x"),
+        ("RATIO C engine / plain (nets/s)", f"{nets_b / nets_p:.1f}x"),
+        ("sgemm 1024^3 fp32 GFLOP/s (median)", f"{g_sgemm:.1f}"),
+        ("sgemm samples min..max", f"{min(sgemm):.0f}..{max(sgemm):.0f}"),
+        ("C engine useful GFLOP/s (no padding computed)", f"{g_useful:.2f}"),
+        ("C engine useful / sgemm", f"{100 * g_useful / g_sgemm:.1f}%"),
     ]
-    if one_thread_s:
-        t_1 = statistics.median(one_thread_s)
+    if ("c", 1) in wall:
+        t_1 = statistics.median(wall["c", 1])
         rows += [
-            ("batched, 1 torch thread: wall s (median)", f"{t_1:.2f}"),
-            ("batched, 1 torch thread: all runs, s", " ".join(f"{s:.1f}" for s in one_thread_s)),
-            ("batched, 1 torch thread: trained nets/s", f"{runs / t_1:.2f}"),
-            ("batched, 1 torch thread: useful GFLOP/s", f"{useful / t_1 / 1e9:.2f}"),
+            ("C engine, 1 thread: wall s (median)", f"{t_1:.2f}"),
+            ("C engine, 1 thread: useful GFLOP/s", f"{useful / t_1 / 1e9:.2f}"),
+            ("C engine: 2-thread speed-up over 1 thread", f"{t_1 / t_b:.2f}x"),
         ]
         if plain_1_s:
             nets_p1 = 1.0 / float(np.mean(plain_1_s))
             rows += [
                 ("plain, 1 torch thread: trained nets/s", f"{nets_p1:.3f}"),
-                ("RATIO batched / plain, both 1 thread", f"{runs / t_1 / nets_p1:.1f}x"),
+                ("RATIO C engine / plain, both 1 thread", f"{runs / t_1 / nets_p1:.1f}x"),
             ]
+    if plan is not None:
+        t_t = statistics.median(wall["torch", threads])
+        padded = flops_per_mac * plan.padded_macs
+        ceil_useful, ceil_padded = bmm_ceiling_gflops(plan, cfg.batch_size)
+        rows += [
+            ("torch engine: wall s (median)", f"{t_t:.2f}"),
+            ("torch engine: all runs, s", " ".join(f"{s:.1f}" for s in wall["torch", threads])),
+            ("RATIO torch engine / plain (nets/s)", f"{runs / t_t / nets_p:.1f}x"),
+            ("RATIO C engine / torch engine (same run)", f"{t_t / t_b:.2f}x"),
+            ("torch engine useful GFLOP/s", f"{useful / t_t / 1e9:.2f}"),
+            ("torch engine useful / sgemm", f"{100 * useful / t_t / 1e9 / g_sgemm:.1f}%"),
+            ("torch engine padded GFLOP/s", f"{padded / t_t / 1e9:.2f}"),
+            ("torch padding waste (1 - useful/padded)", f"{100 - 100 * useful / padded:.1f}%"),
+            ("torch bmm calls alone: useful GFLOP/s", f"{ceil_useful:.2f}"),
+            ("torch bmm calls alone: useful / sgemm", f"{100 * ceil_useful / g_sgemm:.1f}%"),
+            ("torch padding grid of the chunk", str(plan.grid)),
+        ]
+        if ("torch", 1) in wall:
+            t_t1 = statistics.median(wall["torch", 1])
+            rows.append(("torch engine, 1 thread: useful GFLOP/s", f"{useful / t_t1 / 1e9:.2f}"))
     rows += [
-        ("sgemm 1024^3 fp32 GFLOP/s (median)", f"{g_sgemm:.1f}"),
-        ("sgemm samples min..max", f"{min(sgemm):.0f}..{max(sgemm):.0f}"),
-        ("batched useful GFLOP/s (true widths)", f"{g_useful:.2f}"),
-        ("batched useful / sgemm", f"{100 * g_useful / g_sgemm:.1f}%"),
-        ("batched padded GFLOP/s (computed incl. padding)", f"{g_padded:.2f}"),
-        ("padding waste (1 - useful/padded MACs)", f"{100 * (1 - useful / padded):.1f}%"),
-        ("matmuls alone, same shapes: useful GFLOP/s", f"{ceil_useful:.2f}"),
-        ("matmuls alone: padded GFLOP/s", f"{ceil_padded:.2f}"),
-        ("matmuls alone: useful / sgemm (the ceiling)", f"{100 * ceil_useful / g_sgemm:.1f}%"),
         ("plain useful GFLOP/s", f"{plain_flops / sum(plain_s) / 1e9:.3f}"),
-        ("padding grid of the chunk", str(plan.grid)),
-        ("failed candidates (batched)", str(failed)),
+        ("failed candidates (C engine)", str(failed)),
     ]
     if t_build is not None:
         rows += [

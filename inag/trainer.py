@@ -604,29 +604,29 @@ class BatchedMLPTrainer:
         preds = [np.zeros((len(runs), len(xe), n_out), np.float32) for xe in x_eval]
         losses = np.zeros(len(runs))
         failed = [""] * len(runs)
-        nets = []
-        for a, key in zip(runs, keys, strict=True):
+        def prepare(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            """Widths, weight / activation code bounds and initial parameters of run i."""
+            a = runs[i]
             ws = _widths(a)
-            gen = torch.Generator().manual_seed(net_seed(cfg.seed, key))
+            gen = torch.Generator().manual_seed(net_seed(cfg.seed, keys[i]))
             parts = []
             for j in range(len(ws) - 1):
                 w, b = init_dense(gen, ws[j], ws[j + 1])
                 parts += [w.reshape(-1), b]
             bits = [layer.bits for layer in a.layers] + [a.output_bits]
-            nets.append(
-                (
-                    np.array(ws, np.int32),
-                    np.array([quant.weight_qmax(b) for b in bits], np.int32),
-                    np.array([quant.act_qmax(b) for b in bits], np.int32),
-                    torch.cat(parts).numpy().astype(np.float32),
-                )
+            return (
+                np.array(ws, np.int32),
+                np.array([quant.weight_qmax(b) for b in bits], np.int32),
+                np.array([quant.act_qmax(b) for b in bits], np.int32),
+                torch.cat(parts).numpy().astype(np.float32),
             )
 
         def ptr(arr: np.ndarray | None) -> int | None:
             return None if arr is None else arr.ctypes.data
 
         def one(i: int) -> None:
-            ws, w_q, a_q, params = nets[i]
+            # prepared here, in the pool: one thread's Python work overlaps another's C call
+            ws, w_q, a_q, params = prepare(i)
             act_max = np.zeros(len(ws) - 1, np.float32)
             ep_loss = np.zeros(cfg.epochs, np.float32)
             L = len(ws) - 1
@@ -648,7 +648,7 @@ class BatchedMLPTrainer:
                 )  # fmt: skip
 
         # big nets first, so the pool does not end on one long straggler
-        order = sorted(range(len(runs)), key=lambda i: -_net_macs(nets[i][0]))
+        order = sorted(range(len(runs)), key=lambda i: -_net_macs(_widths(runs[i])))
         done = 0
         with ThreadPoolExecutor(max(1, self.threads)) as ex:
             for _ in ex.map(one, order):

@@ -30,6 +30,20 @@ INLINE v8f ld(const float *p) { return *(const v8fu *)p; }
 INLINE void st(float *p, v8f v) { *(v8fu *)p = v; }
 INLINE v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
 
+INLINE v8f vmax(v8f a, v8f b) {
+  v8i gt = a > b; /* lanes all-ones where a is larger (vector ?: is C++ only) */
+  return (v8f)(((v8i)a & gt) | ((v8i)b & ~gt));
+}
+
+/* What happens to a matmul result on its way out of the registers, so that no separate pass
+ * over memory is needed: multiply by a 0/1 mask (the input gradient), track the largest
+ * element (the activation range), apply ReLU and write its 0/1 derivative (float warm-up). */
+typedef struct {
+  const float *mask; /* C *= mask (same layout as C) */
+  float *max;        /* *max = max(*max, elements of C) */
+  float *relu_mask;  /* C = max(C, 0) and relu_mask = (C > 0) */
+} Epi;
+
 /* C[r, 0:NV*8] = bias + sum_t A(r, t) * B[t, 0:NV*8] for the RB rows r0 .. r0 + RB - 1.
  * A(r, t) = A[r * ar + t * at]: ar = lda, at = 1 is a row-major A; ar = 1, at = lda reads A
  * transposed (the weight gradient A^T dZ). The RB x NV accumulators, NV B vectors and one
@@ -38,7 +52,7 @@ INLINE v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
  * hence 6 rows x 2 vectors (12) and 8 rows x 1 vector (8), not the 2 x 1 a naive loop has. */
 INLINE void block(int NV, int RB, int r0, int T, const float *A, long ar, long at,
                   const float *B, long ldb, const float *bias, float *C, long ldc,
-                  const float *mask) {
+                  const Epi *e) {
   v8f c[8][2];
 #pragma GCC unroll 8
   for (int q = 0; q < RB; q++)
@@ -57,11 +71,32 @@ INLINE void block(int NV, int RB, int r0, int T, const float *A, long ar, long a
       for (int v = 0; v < NV; v++) c[q][v] += x * bv[v];
     }
   }
-  if (mask) /* the input gradient: zero where the forward pass clamped (same layout as C) */
+  if (e) {
+    if (e->mask)
 #pragma GCC unroll 8
-    for (int q = 0; q < RB; q++)
+      for (int q = 0; q < RB; q++)
 #pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) c[q][v] *= ld(mask + (r0 + q) * ldc + VL * v);
+        for (int v = 0; v < NV; v++) c[q][v] *= ld(e->mask + (r0 + q) * ldc + VL * v);
+    if (e->max) {
+      v8f m = splat(*e->max);
+#pragma GCC unroll 8
+      for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) m = vmax(c[q][v], m);
+      float r = *e->max;
+      for (int l = 0; l < VL; l++) r = m[l] > r ? m[l] : r;
+      *e->max = r;
+    }
+    if (e->relu_mask)
+#pragma GCC unroll 8
+      for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) {
+          v8i pos = c[q][v] > splat(0.f);
+          st(e->relu_mask + (r0 + q) * ldc + VL * v, (v8f)(pos & (v8i)splat(1.f)));
+          c[q][v] = (v8f)(pos & (v8i)c[q][v]);
+        }
+  }
 #pragma GCC unroll 8
   for (int q = 0; q < RB; q++)
 #pragma GCC unroll 2
@@ -71,18 +106,17 @@ INLINE void block(int NV, int RB, int r0, int T, const float *A, long ar, long a
 /* Rows [0, R) of an NV-vector-wide column strip, RB rows at a time, then the remainder. */
 #define STRIP(NV, RB)                                                                       \
   static void strip##NV(int R, int T, const float *A, long ar, long at, const float *B,     \
-                        long ldb, const float *bias, float *C, long ldc,                    \
-                        const float *mask) {                                                \
+                        long ldb, const float *bias, float *C, long ldc, const Epi *e) {    \
     int r = 0;                                                                              \
-    for (; r + RB <= R; r += RB) block(NV, RB, r, T, A, ar, at, B, ldb, bias, C, ldc, mask);      \
+    for (; r + RB <= R; r += RB) block(NV, RB, r, T, A, ar, at, B, ldb, bias, C, ldc, e);      \
     switch (R - r) {                                                                        \
-      case 7: block(NV, 7, r, T, A, ar, at, B, ldb, bias, C, ldc, mask); break;                   \
-      case 6: block(NV, 6, r, T, A, ar, at, B, ldb, bias, C, ldc, mask); break;                   \
-      case 5: block(NV, 5, r, T, A, ar, at, B, ldb, bias, C, ldc, mask); break;                   \
-      case 4: block(NV, 4, r, T, A, ar, at, B, ldb, bias, C, ldc, mask); break;                   \
-      case 3: block(NV, 3, r, T, A, ar, at, B, ldb, bias, C, ldc, mask); break;                   \
-      case 2: block(NV, 2, r, T, A, ar, at, B, ldb, bias, C, ldc, mask); break;                   \
-      case 1: block(NV, 1, r, T, A, ar, at, B, ldb, bias, C, ldc, mask); break;                   \
+      case 7: block(NV, 7, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 6: block(NV, 6, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 5: block(NV, 5, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 4: block(NV, 4, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 3: block(NV, 3, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 2: block(NV, 2, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 1: block(NV, 1, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
       default: break;                                                                       \
     }                                                                                       \
   }
@@ -91,34 +125,79 @@ STRIP(1, 8)
 
 /* Columns [0, N - N % 8) of C[R x N] = bias + A(R x T) @ B[T x N] (A strided as in `block`,
  * B and C with leading dimensions ldb, ldc); returns the first column left undone. */
+static Epi epi_at(const Epi *e, Epi *out, int j) {
+  *out = *e;
+  if (out->mask) out->mask += j;
+  if (out->relu_mask) out->relu_mask += j;
+  return *out;
+}
+
 static int matmul_vec(int R, int T, int N, const float *A, long ar, long at, const float *B,
-                      long ldb, const float *bias, float *C, long ldc, const float *mask) {
+                      long ldb, const float *bias, float *C, long ldc, const Epi *e) {
   int j = 0;
-  for (; j + 2 * VL <= N; j += 2 * VL)
-    strip2(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, mask ? mask + j : 0);
+  Epi ej;
+  for (; j + 2 * VL <= N; j += 2 * VL) {
+    if (e) epi_at(e, &ej, j);
+    strip2(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, e ? &ej : 0);
+  }
   if (j + VL <= N) {
-    strip1(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, mask ? mask + j : 0);
+    if (e) epi_at(e, &ej, j);
+    strip1(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, e ? &ej : 0);
     j += VL;
   }
   return j;
 }
 
+#if defined(__clang__)
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUF(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
+
+/* (sum of a[0], ..., sum of a[7]): eight horizontal sums as one vector, in 3 shuffle stages
+ * instead of 8 x 7 scalar adds. */
+INLINE v8f hsum8(const v8f *a) {
+  v8f t[4], u[2];
+  for (int i = 0; i < 4; i++)
+    t[i] = SHUF(a[2 * i], a[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+           SHUF(a[2 * i], a[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int i = 0; i < 2; i++)
+    u[i] = SHUF(t[2 * i], t[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           SHUF(t[2 * i], t[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  return SHUF(u[0], u[1], 0, 1, 2, 3, 8, 9, 10, 11) + SHUF(u[0], u[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
 /* C[r, q] = bias[q] + A[r, :] . M[q, :] for q in [q0, Q): A is R x T and M is Q x T, both
- * row-major, so the dot products run along contiguous memory, 8 lanes at a time. The narrow
- * columns (widths 1, 2, 4 and the tail of 10 classes) take this path. */
+ * row-major, so the dot products run along contiguous memory, 8 lanes at a time, 8 rows at
+ * once (8 independent accumulators, one hsum8). The narrow columns (widths 1, 2, 4, the
+ * regression head and the tail of 10 classes) take this path. */
 static void dots(int R, int T, int q0, int Q, const float *A, const float *M, const float *bias,
                  float *C) {
-  for (int r = 0; r < R; r++) {
-    const float *a = A + (long)r * T;
-    for (int q = q0; q < Q; q++) {
-      const float *m = M + (long)q * T;
-      v8f acc = splat(0.f);
-      int t = 0;
-      for (; t + VL <= T; t += VL) acc += ld(a + t) * ld(m + t);
-      float s = bias ? bias[q] : 0.f;
-      for (int l = 0; l < VL; l++) s += acc[l];
-      for (; t < T; t++) s += a[t] * m[t];
-      C[(long)r * Q + q] = s;
+  int T8 = T / VL * VL;
+  for (int q = q0; q < Q; q++) {
+    const float *m = M + (long)q * T;
+    float b0 = bias ? bias[q] : 0.f;
+    int r = 0;
+    if (T8)
+      for (; r + VL <= R; r += VL) {
+        v8f acc[VL];
+        for (int i = 0; i < VL; i++) acc[i] = splat(0.f);
+        for (int t = 0; t < T8; t += VL) {
+          v8f mv = ld(m + t);
+          for (int i = 0; i < VL; i++) acc[i] += ld(A + (long)(r + i) * T + t) * mv;
+        }
+        v8f s = hsum8(acc) + splat(b0);
+        for (int i = 0; i < VL; i++) {
+          float x = s[i];
+          for (int t = T8; t < T; t++) x += A[(long)(r + i) * T + t] * m[t];
+          C[(long)(r + i) * Q + q] = x;
+        }
+      }
+    for (; r < R; r++) {
+      const float *a = A + (long)r * T;
+      float x = b0;
+      for (int t = 0; t < T; t++) x += a[t] * m[t];
+      C[(long)r * Q + q] = x;
     }
   }
 }
@@ -126,22 +205,30 @@ static void dots(int R, int T, int q0, int Q, const float *A, const float *M, co
 /* C[R x N] = bias + A[R x K] @ W[K x N]; WT = W^T serves the columns past the last multiple
  * of 8. The forward pass (W = weights) and the input gradient (W = weights^T) both use it. */
 static void affine(int R, int K, int N, const float *A, const float *W, const float *WT,
-                   const float *bias, float *C, const float *mask) {
-  int j = matmul_vec(R, K, N, A, K, 1, W, N, bias, C, N, mask);
+                   const float *bias, float *C, const Epi *e) {
+  int j = matmul_vec(R, K, N, A, K, 1, W, N, bias, C, N, e);
   if (j == N) return;
   dots(R, K, j, N, A, WT, bias, C);
-  if (mask)
-    for (int r = 0; r < R; r++)
-      for (int q = j; q < N; q++) C[(long)r * N + q] *= mask[(long)r * N + q];
+  if (!e) return;
+  for (int r = 0; r < R; r++) /* the same epilogue on the narrow columns */
+    for (int q = j; q < N; q++) {
+      long i = (long)r * N + q;
+      if (e->mask) C[i] *= e->mask[i];
+      if (e->max && C[i] > *e->max) *e->max = C[i];
+      if (e->relu_mask) {
+        e->relu_mask[i] = C[i] > 0.f ? 1.f : 0.f;
+        C[i] = C[i] > 0.f ? C[i] : 0.f;
+      }
+    }
 }
 
 /* gW[K x N] = A[R x K]^T @ dZ[R x N]. The columns past the last multiple of 8 are computed
  * transposed (gW^T rows = dZ columns^T @ A, vectorized along K) into tmp, then placed. */
 static void grad_w(int R, int K, int N, const float *A, const float *dZ, float *gW, float *tmp) {
-  int j = matmul_vec(K, R, N, A, 1, K, dZ, N, 0, gW, N, 0);
+  int j = matmul_vec(K, R, N, A, 1, K, dZ, N, 0, gW, N, NULL);
   if (j == N) return;
   int nt = N - j;
-  int k = matmul_vec(nt, R, K, dZ + j, 1, N, A, K, 0, tmp, K, 0);
+  int k = matmul_vec(nt, R, K, dZ + j, 1, N, A, K, 0, tmp, K, NULL);
   for (int q = 0; q < nt; q++)
     for (int kk = k; kk < K; kk++) {
       float s = 0.f;
@@ -170,25 +257,6 @@ static void colsum(int R, int N, const float *dZ, float *gb) {
     for (int i = 0; i < R; i++) acc += dZ[(long)i * N + j];
     gb[j] = acc;
   }
-}
-
-/* Largest element (0 if none is positive): the activation range statistic. */
-INLINE v8f vmax(v8f a, v8f b) {
-  v8i gt = a > b; /* lanes all-ones where a is larger (vector ?: is C++ only) */
-  return (v8f)(((v8i)a & gt) | ((v8i)b & ~gt));
-}
-
-static float max0(const float *z, long n) {
-  v8f m[4] = {splat(0.f), splat(0.f), splat(0.f), splat(0.f)}; /* 4 independent chains */
-  long i = 0;
-  for (; i + 4 * VL <= n; i += 4 * VL)
-    for (int u = 0; u < 4; u++) m[u] = vmax(ld(z + i + u * VL), m[u]);
-  for (; i + VL <= n; i += VL) m[0] = vmax(ld(z + i), m[0]);
-  v8f mm = vmax(vmax(m[0], m[1]), vmax(m[2], m[3]));
-  float r = 0.f;
-  for (int l = 0; l < VL; l++) r = mm[l] > r ? mm[l] : r;
-  for (; i < n; i++) r = z[i] > r ? z[i] : r;
-  return r;
 }
 
 static float round_half_up(float x) { return floorf(x + 0.5f); }
@@ -293,15 +361,19 @@ static void forward(Net *n, const float *params, float *act_max, int *seen, floa
       for (int j = 0; j < N; j++) WqT[(long)j * K + k] = Wq[(long)k * N + j];
     int head = l == n->L - 1;
     float *z = head ? n->pred : n->y[l];
-    affine(bsz, K, N, a, Wq, WqT, bq, z, 0);
-    if (head) break;
+    if (head) {
+      affine(bsz, K, N, a, Wq, WqT, bq, z, NULL);
+      break;
+    }
     long sz = (long)bsz * N;
+    float *mask = n->mask[l];
+    float m = 0.f; /* the activation range statistic: max(0, max z), tracked on the way out */
+    Epi e = {NULL, train ? &m : NULL, quant ? NULL : mask};
+    affine(bsz, K, N, a, Wq, WqT, bq, z, train || !quant ? &e : NULL);
     if (train) {
-      float m = max0(z, sz);
       act_max[l] = seen[l] ? act_ema * act_max[l] + (1.f - act_ema) * m : m;
       seen[l] = 1;
     }
-    float *mask = n->mask[l];
     if (quant) {
       float qa = (float)n->a_qmax[l];
       float s_a = act_max[l] > 0.f ? act_max[l] / qa : 1.f;
@@ -312,11 +384,6 @@ static void forward(Net *n, const float *params, float *act_max, int *seen, floa
         z[i] = c * s_a;
       }
       s_in = s_a;
-    } else {
-      for (long i = 0; i < sz; i++) {
-        mask[i] = z[i] > 0.f ? 1.f : 0.f;
-        z[i] = fmax_(z[i], 0.f);
-      }
     }
     a = z;
   }
@@ -362,7 +429,8 @@ static void backward(Net *n, const float *x, int bsz) {
     colsum(bsz, N, dz, gb);
     if (l == 0) break;
     float *da = n->dy[l - 1];
-    affine(bsz, N, K, dz, n->wqT + n->w_off[l], n->wq + n->w_off[l], 0, da, n->mask[l - 1]);
+    Epi e = {n->mask[l - 1], NULL, NULL};
+    affine(bsz, N, K, dz, n->wqT + n->w_off[l], n->wq + n->w_off[l], NULL, da, &e);
     dz = da;
   }
 }
