@@ -129,10 +129,22 @@ def net_seed(seed: int, arch_id: str) -> int:
 
 def init_dense(gen: torch.Generator, n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch's nn.Linear default init, drawn from a per-net generator, as (in, out)."""
-    bound = 1.0 / math.sqrt(n_in)
-    w = (torch.rand(n_in, n_out, generator=gen) * 2 - 1) * bound
-    b = (torch.rand(n_out, generator=gen) * 2 - 1) * bound
-    return w, b
+    w, b = init_dense_np(gen, n_in, n_out)
+    return torch.from_numpy(w), torch.from_numpy(b)
+
+
+def init_dense_np(gen: torch.Generator, n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """``init_dense`` as float32 arrays: U(-1/sqrt(n_in), 1/sqrt(n_in)) from ``gen``'s stream.
+
+    The arithmetic is numpy's (float32, the same IEEE operations torch would do, so the same
+    bits) because a torch op costs microseconds of dispatch and the C engine initializes
+    thousands of nets per chunk.
+    """
+    bound = np.float32(1.0 / math.sqrt(n_in))
+    one, two = np.float32(1), np.float32(2)
+    w = torch.rand(n_in, n_out, generator=gen).numpy()
+    b = torch.rand(n_out, generator=gen).numpy()
+    return (w * two - one) * bound, (b * two - one) * bound
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -604,6 +616,7 @@ class BatchedMLPTrainer:
         preds = [np.zeros((len(runs), len(xe), n_out), np.float32) for xe in x_eval]
         losses = np.zeros(len(runs))
         failed = [""] * len(runs)
+
         def prepare(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             """Widths, weight / activation code bounds and initial parameters of run i."""
             a = runs[i]
@@ -611,14 +624,14 @@ class BatchedMLPTrainer:
             gen = torch.Generator().manual_seed(net_seed(cfg.seed, keys[i]))
             parts = []
             for j in range(len(ws) - 1):
-                w, b = init_dense(gen, ws[j], ws[j + 1])
+                w, b = init_dense_np(gen, ws[j], ws[j + 1])
                 parts += [w.reshape(-1), b]
             bits = [layer.bits for layer in a.layers] + [a.output_bits]
             return (
                 np.array(ws, np.int32),
                 np.array([quant.weight_qmax(b) for b in bits], np.int32),
                 np.array([quant.act_qmax(b) for b in bits], np.int32),
-                torch.cat(parts).numpy().astype(np.float32),
+                np.concatenate(parts),
             )
 
         def ptr(arr: np.ndarray | None) -> int | None:

@@ -31,6 +31,7 @@ from inag.trainer import (
     _State,
     _widths,
     choose_grid,
+    init_dense,
     pad_widths,
     resolve_engine,
     train_single,
@@ -504,3 +505,15 @@ def test_quality_over_64_sampled_nets(plain_64, engine):
     assert d.mean() <= 0.02, (d.mean(), d.max())
     perf = np.array([b.performance for b in batched])
     assert perf.min() < 0.3 and perf.max() > 0.9  # the sample spans the range
+
+
+@pytest.mark.parametrize("n_in, n_out", [(1, 64), (64, 1), (48, 32), (2, 4), (64, 10), (7, 3)])
+def test_init_is_torch_linear_default_bit_for_bit(n_in, n_out):
+    """init_dense does its arithmetic in numpy (fast); the numbers are exactly those of the
+    torch expression it replaced, so every engine and saved dataset keeps its inits."""
+    for seed in range(20):
+        gen, ref = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        w, b = init_dense(gen, n_in, n_out)
+        bound = 1.0 / math.sqrt(n_in)
+        assert torch.equal(w, (torch.rand(n_in, n_out, generator=ref) * 2 - 1) * bound)
+        assert torch.equal(b, (torch.rand(n_out, generator=ref) * 2 - 1) * bound)

@@ -59,7 +59,39 @@ INLINE void block(int NV, int RB, int r0, int T, const float *A, long ar, long a
 #pragma GCC unroll 2
     for (int v = 0; v < NV; v++) c[q][v] = bias ? ld(bias + VL * v) : splat(0.f);
   const float *a = A + r0 * ar;
-  for (int t = 0; t < T; t++) {
+  int t = 0;
+  if (RB * NV <= 4) {
+    /* few accumulators (a remainder block): a second set for odd t doubles the independent
+     * FMA chains, which is what bounds these blocks over the long T of a weight gradient */
+    v8f d[4][2];
+#pragma GCC unroll 8
+    for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) d[q][v] = splat(0.f);
+    for (; t + 1 < T; t += 2) {
+      const float *b = B + t * ldb;
+      v8f bv[2], bw[2];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) {
+        bv[v] = ld(b + VL * v);
+        bw[v] = ld(b + ldb + VL * v);
+      }
+#pragma GCC unroll 8
+      for (int q = 0; q < RB; q++) {
+        v8f x = splat(a[q * ar + t * at]), y = splat(a[q * ar + (t + 1) * at]);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) {
+          c[q][v] += x * bv[v];
+          d[q][v] += y * bw[v];
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) c[q][v] += d[q][v];
+  }
+  for (; t < T; t++) {
     const float *b = B + t * ldb;
     v8f bv[2];
 #pragma GCC unroll 2
@@ -230,10 +262,14 @@ static void grad_w(int R, int K, int N, const float *A, const float *dZ, float *
   int nt = N - j;
   int k = matmul_vec(nt, R, K, dZ + j, 1, N, A, K, 0, tmp, K, NULL);
   for (int q = 0; q < nt; q++)
-    for (int kk = k; kk < K; kk++) {
-      float s = 0.f;
-      for (int i = 0; i < R; i++) s += dZ[(long)i * N + j + q] * A[(long)i * K + kk];
-      tmp[(long)q * K + kk] = s;
+    for (int kk = k; kk < K; kk++) { /* both narrow: 4 chains, see colsum */
+      float s[4] = {0.f, 0.f, 0.f, 0.f};
+      int i = 0;
+      for (; i + 4 <= R; i += 4)
+        for (int u = 0; u < 4; u++)
+          s[u] += dZ[(long)(i + u) * N + j + q] * A[(long)(i + u) * K + kk];
+      for (; i < R; i++) s[0] += dZ[(long)i * N + j + q] * A[(long)i * K + kk];
+      tmp[(long)q * K + kk] = (s[0] + s[1]) + (s[2] + s[3]);
     }
   for (int q = 0; q < nt; q++)
     for (int kk = 0; kk < K; kk++) gW[(long)kk * N + j + q] = tmp[(long)q * K + kk];
@@ -252,10 +288,37 @@ static void colsum(int R, int N, const float *dZ, float *gb) {
     st(gb + j, s[0] + s[2]);
     st(gb + j + VL, s[1] + s[3]);
   }
-  for (; j < N; j++) {
-    float acc = 0.f;
-    for (int i = 0; i < R; i++) acc += dZ[(long)i * N + j];
-    gb[j] = acc;
+  if (j + VL <= N) {
+    v8f s[2] = {splat(0.f), splat(0.f)};
+    int i = 0;
+    for (; i + 1 < R; i += 2)
+      for (int u = 0; u < 2; u++) s[u] += ld(dZ + (long)(i + u) * N + j);
+    if (i < R) s[0] += ld(dZ + (long)i * N + j);
+    st(gb + j, s[0] + s[1]);
+    j += VL;
+  }
+  if (j == N) return;
+  if (j == 0 && VL % N == 0) {
+    /* N = 1, 2, 4 (the regression head, narrow layers): the R x N block is contiguous and
+     * lane l of a vector always holds column l % N, so sum vectors, then fold the lanes */
+    long n = (long)R * N, i = 0;
+    v8f s[4] = {splat(0.f), splat(0.f), splat(0.f), splat(0.f)};
+    for (; i + 4 * VL <= n; i += 4 * VL)
+      for (int u = 0; u < 4; u++) s[u] += ld(dZ + i + u * VL);
+    for (; i + VL <= n; i += VL) s[0] += ld(dZ + i);
+    v8f t = (s[0] + s[1]) + (s[2] + s[3]);
+    for (int q = 0; q < N; q++) gb[q] = 0.f;
+    for (int l = 0; l < VL; l++) gb[l % N] += t[l];
+    for (; i < n; i++) gb[i % N] += dZ[i];
+    return;
+  }
+  for (; j < N; j++) { /* 4 chains: a scalar sum is bound by the add latency */
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    int i = 0;
+    for (; i + 4 <= R; i += 4)
+      for (int u = 0; u < 4; u++) acc[u] += dZ[(long)(i + u) * N + j];
+    for (; i < R; i++) acc[0] += dZ[(long)i * N + j];
+    gb[j] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
   }
 }
 
