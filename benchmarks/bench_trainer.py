@@ -174,6 +174,10 @@ def main() -> None:
     # ---------------------------------------------------------------- plain loop
     step = max(1, args.n // args.plain)
     subset = archs[::step][: args.plain]
+    for th in thread_counts:  # warm-up: the first autograd step pays one-off set-up costs
+        torch.set_num_threads(th)
+        train_single(subset[0], task, replace(cfg, epochs=1))
+    torch.set_num_threads(threads)
     plain_s: list[float] = []
     plain_1_s: list[float] = []
     for a in subset:

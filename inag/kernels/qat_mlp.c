@@ -40,7 +40,7 @@ INLINE v8f vmax(v8f a, v8f b) {
  * element (the activation range), apply ReLU and write its 0/1 derivative (float warm-up). */
 typedef struct {
   const float *mask; /* C *= mask (same layout as C) */
-  float *max;        /* *max = max(*max, elements of C) */
+  v8f *max;          /* lanes of *max = max(*max, elements of C); fold the lanes at the end */
   float *relu_mask;  /* C = max(C, 0) and relu_mask = (C > 0) */
 } Epi;
 
@@ -110,14 +110,12 @@ INLINE void block(int NV, int RB, int r0, int T, const float *A, long ar, long a
 #pragma GCC unroll 2
         for (int v = 0; v < NV; v++) c[q][v] *= ld(e->mask + (r0 + q) * ldc + VL * v);
     if (e->max) {
-      v8f m = splat(*e->max);
+      v8f m = *e->max;
 #pragma GCC unroll 8
       for (int q = 0; q < RB; q++)
 #pragma GCC unroll 2
         for (int v = 0; v < NV; v++) m = vmax(c[q][v], m);
-      float r = *e->max;
-      for (int l = 0; l < VL; l++) r = m[l] > r ? m[l] : r;
-      *e->max = r;
+      *e->max = m;
     }
     if (e->relu_mask)
 #pragma GCC unroll 8
@@ -246,7 +244,7 @@ static void affine(int R, int K, int N, const float *A, const float *W, const fl
     for (int q = j; q < N; q++) {
       long i = (long)r * N + q;
       if (e->mask) C[i] *= e->mask[i];
-      if (e->max && C[i] > *e->max) *e->max = C[i];
+      if (e->max && C[i] > (*e->max)[0]) (*e->max)[0] = C[i];
       if (e->relu_mask) {
         e->relu_mask[i] = C[i] > 0.f ? 1.f : 0.f;
         C[i] = C[i] > 0.f ? C[i] : 0.f;
@@ -430,10 +428,12 @@ static void forward(Net *n, const float *params, float *act_max, int *seen, floa
     }
     long sz = (long)bsz * N;
     float *mask = n->mask[l];
-    float m = 0.f; /* the activation range statistic: max(0, max z), tracked on the way out */
-    Epi e = {NULL, train ? &m : NULL, quant ? NULL : mask};
+    v8f mv = splat(0.f); /* the activation range statistic: max(0, max z), on the way out */
+    Epi e = {NULL, train ? &mv : NULL, quant ? NULL : mask};
     affine(bsz, K, N, a, Wq, WqT, bq, z, train || !quant ? &e : NULL);
     if (train) {
+      float m = 0.f;
+      for (int l = 0; l < VL; l++) m = mv[l] > m ? mv[l] : m;
       act_max[l] = seen[l] ? act_ema * act_max[l] + (1.f - act_ema) * m : m;
       seen[l] = 1;
     }
