@@ -338,7 +338,7 @@ def test_evaluate_and_report(tiny_model: Nagan, tiny_dataset, tmp_path: Path) ->
         "train picked nets",
         "retrain dataset rows",
     }
-    assert all(i == n == 2 for i, n in seen.values())
+    assert all(i == n > 0 for i, n in seen.values())  # finished (epochs or nets, per engine)
     assert set(rep.results) == {"nagan", "rejection", "dataset_nearest"}
     for method, rows in rep.results.items():
         assert [r.condition for r in rows] == [0.3, 0.9], method
