@@ -223,13 +223,58 @@ static void dots(int R, int T, int q0, int Q, const float *A, const float *M, co
           C[(long)(r + i) * Q + q] = x;
         }
       }
-    for (; r < R; r++) {
-      const float *a = A + (long)r * T;
-      float x = b0;
-      for (int t = 0; t < T; t++) x += a[t] * m[t];
-      C[(long)r * Q + q] = x;
+    switch (T) { /* tiny T: straight-line code per row instead of a loop per row */
+      case 1: for (; r < R; r++) C[(long)r * Q + q] = b0 + A[r] * m[0]; break;
+      case 2:
+        for (; r < R; r++) C[(long)r * Q + q] = b0 + A[2L * r] * m[0] + A[2L * r + 1] * m[1];
+        break;
+      case 4:
+        for (; r < R; r++) {
+          const float *a = A + 4L * r;
+          C[(long)r * Q + q] = b0 + ((a[0] * m[0] + a[1] * m[1]) + (a[2] * m[2] + a[3] * m[3]));
+        }
+        break;
+      default:
+        for (; r < R; r++) {
+          const float *a = A + (long)r * T;
+          float x = b0;
+          for (int t = 0; t < T; t++) x += a[t] * m[t];
+          C[(long)r * Q + q] = x;
+        }
     }
   }
+}
+
+/* out[N x K] = in[K x N]^T, 8 x 8 tiles through registers, then the ragged edges. */
+static void transpose(int K, int N, const float *in, float *out) {
+  int k = 0;
+  for (; k + VL <= K; k += VL) {
+    int j = 0;
+    for (; j + VL <= N; j += VL) {
+      v8f r[VL];
+      for (int i = 0; i < VL; i++) r[i] = ld(in + (long)(k + i) * N + j);
+      /* 8x8 transpose: interleave pairs, then quads, then 128-bit halves */
+      v8f t[VL], u[VL];
+      for (int i = 0; i < VL; i += 2) {
+        t[i] = SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+      }
+      for (int i = 0; i < VL; i += 4)
+        for (int h = 0; h < 2; h++) {
+          u[i + h] = SHUF(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+          u[i + h + 2] = SHUF(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+      for (int i = 0; i < 4; i++) { /* u[i] holds columns c and c + 4, c = 0, 2, 1, 3 */
+        int c = i == 1 ? 2 : i == 2 ? 1 : i;
+        st(out + (long)(j + c) * K + k, SHUF(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+        st(out + (long)(j + c + 4) * K + k, SHUF(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+      }
+    }
+    for (; j < N; j++)
+      for (int i = 0; i < VL; i++) out[(long)j * K + k + i] = in[(long)(k + i) * N + j];
+  }
+  for (; k < K; k++)
+    for (int j = 0; j < N; j++) out[(long)j * K + k] = in[(long)k * N + j];
 }
 
 /* C[R x N] = bias + A[R x K] @ W[K x N]; WT = W^T serves the columns past the last multiple
@@ -417,9 +462,8 @@ static void forward(Net *n, const float *params, float *act_max, int *seen, floa
       memcpy(Wq, W, sizeof(float) * K * N);
       memcpy(bq, b, sizeof(float) * N);
     }
-    float *WqT = n->wqT + n->w_off[l];
-    for (int k = 0; k < K; k++)
-      for (int j = 0; j < N; j++) WqT[(long)j * K + k] = Wq[(long)k * N + j];
+    transpose(K, N, Wq, n->wqT + n->w_off[l]);
+    const float *WqT = n->wqT + n->w_off[l];
     int head = l == n->L - 1;
     float *z = head ? n->pred : n->y[l];
     if (head) {
