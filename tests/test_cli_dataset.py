@@ -113,6 +113,27 @@ def test_bad_backend_exits_2(tmp_path, capsys):
     assert "--backend must be 'local' or 'ray'" in capsys.readouterr().err
 
 
+def test_engine_is_recorded_and_either_resumes(tmp_path, capsys):
+    """Rows record the trainer engine that ran; the engine is not part of the trainer
+    hash, so a build begun with one engine resumes with the other."""
+    from inag import kernels
+
+    db = tmp_path / "e.sqlite"
+    assert main(sample_args(db, 3, "--engine", "torch")) == 0
+    first = "c" if kernels.available() else "torch"
+    assert main(sample_args(db, 5, "--engine", "auto")) == 0
+    con = sqlite3.connect(db)
+    engines = [
+        json.loads(v)["trainer_engine"] for (v,) in con.execute("SELECT versions FROM runs")
+    ]
+    con.close()
+    assert sorted(engines) == sorted(["torch"] * 3 + [first] * 2)
+    capsys.readouterr()
+    assert main(sample_args(tmp_path / "x.sqlite", 3, "--engine", "cuda")) == 2
+    assert "unknown trainer engine 'cuda'; available: auto, c, torch" in capsys.readouterr().err
+    assert not (tmp_path / "x.sqlite").exists()
+
+
 def test_restart_score_is_recorded_and_checked(tmp_path, capsys):
     """The default label is the mean over restarts; 'best' is another recipe (another trainer
     hash), so resuming a mean-built DB with --restart-score best is refused, not mixed."""
