@@ -166,6 +166,8 @@ class Selection:
     chosen: np.ndarray  # indices into bag, ranked
     bag: Bag
     failure: str = ""  # why nothing fits (only with ``select(strict=False)``)
+    # bag index -> performance measured by QAT training (``verify``), raw units
+    measured: dict[int, float] = field(default_factory=dict)
 
     def records(self, model: Nagan, top: int) -> list[dict[str, Any]]:
         out = []
@@ -182,6 +184,7 @@ class Selection:
                     "generated_count": int(self.bag.counts[i]),
                     "estimate_perf": float(model.denormalize(self.bag.estimate[i])),
                     "dist_f": float(self.bag.dist_f[i]),
+                    "measured_perf": self.measured.get(int(i)),
                     **{
                         f"{role}_{unit}": float(c.totals[role][i])
                         for role, unit in (
@@ -303,6 +306,51 @@ def select(
             sel = replace(sel, failure=why)
         out.append(sel)
     return out, tries
+
+
+def verify(
+    selections: Sequence[Selection],
+    model: Nagan,
+    k: int,
+    progress: Any = None,
+    engine: str = "auto",
+) -> list[Selection]:
+    """Train the top ``k`` of every selection for real and re-rank them by what they reach.
+
+    The output selector ranks by the encoder's estimate, and the top of a thousand noisy
+    estimates is an overestimate (winner's curse: docs/results/table3.md). Training a few
+    candidates with the dataset's own recipe (task, data seed, trainer settings, all in the
+    model's metadata) replaces the estimate by a measurement: the top ``k`` are re-ranked by
+    |normalized measured performance - c| (then by higher measured performance), the rest
+    keep their order behind them. Each distinct architecture is trained once for all
+    platforms. ``progress(done, total)`` comes from the trainer.
+    """
+    from inag.tasks import load_task
+    from inag.trainer import BatchedMLPTrainer, TrainerConfig
+
+    if k < 1:
+        raise ValueError(f"verify needs k >= 1, found {k}")
+    if "trainer" not in model.meta:
+        raise SelectionError(
+            "this model does not record the trainer settings of its dataset, so its "
+            "candidates cannot be verified; retrain it with `inag train`"
+        )
+    trainer = TrainerConfig.from_record(model.meta["trainer"])
+    archs = {s.bag.archs[i].arch_id: s.bag.archs[i] for s in selections for i in s.chosen[:k]}
+    if not archs:
+        return list(selections)
+    task = load_task(model.task, seed=int(model.meta.get("data_seed", 0)))
+    todo = list(archs.values())
+    res = BatchedMLPTrainer(task, trainer, engine=engine).train(todo, progress=progress)
+    perf = {a.arch_id: r.performance for a, r in zip(todo, res, strict=True)}
+    out = []
+    for s in selections:
+        head = [int(i) for i in s.chosen[:k]]
+        got = {i: perf[s.bag.archs[i].arch_id] for i in head}
+        head.sort(key=lambda i: (abs(float(model.normalize(got[i])) - s.condition), -got[i]))
+        chosen = np.array(head + [int(i) for i in s.chosen[k:]], dtype=s.chosen.dtype)
+        out.append(replace(s, chosen=chosen, measured=got))
+    return out
 
 
 def limit_overrides(

@@ -301,3 +301,53 @@ def test_ties_are_broken_deterministically(tiny_model: Nagan) -> None:
         n = len(g.archs)
         pos = {int(i): r for r, i in enumerate(want)}
         assert all(pos[i] < pos[i + n] for i in range(n))
+
+
+# ---------------------------------------------------------------------------- verification
+def test_verify_reranks_the_top_k_by_real_training(tiny_model: Nagan) -> None:
+    """The top k are trained with the model's own recipe and re-ranked by how close their
+    measured performance is to c; the rest keep their order; the numbers are the trainer's."""
+    from dataclasses import replace
+
+    from inag.select import verify
+    from inag.tasks import load_task
+    from inag.trainer import BatchedMLPTrainer, TrainerConfig
+
+    plat = load_platform(BUNDLED)
+    (sel,), _ = select(tiny_model, [plat], 0.8, n=N, strict=False)
+    assert len(sel.chosen) > 6
+    k = 4
+    seen: list[tuple[int, int]] = []
+    (ver,) = verify([sel], tiny_model, k, progress=lambda i, n: seen.append((i, n)))
+    assert seen and seen[-1][0] == seen[-1][1] > 0
+    head = [int(i) for i in sel.chosen[:k]]
+    assert sorted(int(i) for i in ver.chosen[:k]) == sorted(head)
+    assert list(ver.chosen[k:]) == list(sel.chosen[k:])
+    assert set(ver.measured) == set(head)
+    key = [abs(float(tiny_model.normalize(ver.measured[int(i)])) - 0.8) for i in ver.chosen[:k]]
+    assert key == sorted(key)
+    task = load_task(tiny_model.task, seed=tiny_model.meta["data_seed"])
+    again = BatchedMLPTrainer(task, TrainerConfig.from_record(tiny_model.meta["trainer"])).train(
+        [sel.bag.archs[i] for i in head]
+    )
+    assert [ver.measured[i] for i in head] == [r.performance for r in again]
+    recs = ver.records(tiny_model, k + 2)
+    assert all(r["measured_perf"] is not None for r in recs[:k])
+    assert all(r["measured_perf"] is None for r in recs[k:])
+    # a model that does not record its trainer cannot be verified: a clear error
+    with pytest.raises(SelectionError, match="trainer settings"):
+        verify([sel], replace(tiny_model, meta={}), k)
+    with pytest.raises(ValueError, match="k >= 1"):
+        verify([sel], tiny_model, 0)
+
+
+def test_cli_select_verify_writes_measured_performance(tiny_model_path: Path, tmp_path: Path):
+    import json
+
+    from inag.cli import main
+
+    out = tmp_path / "sel.json"
+    args = ["select", "--model", str(tiny_model_path), "-p", str(BUNDLED), "--condition", "0.8"]
+    assert main([*args, "-n", str(N), "--verify", "3", "--top", "5", "--json", str(out)]) == 0
+    picks = json.loads(out.read_text())["platforms"][0]["selected"]
+    assert [p["measured_perf"] is not None for p in picks] == [True] * 3 + [False] * 2
