@@ -275,16 +275,17 @@ def test_without_a_compiler_auto_falls_back_to_torch(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setenv("INAG_CACHE_DIR", str(tmp_path / "cache"))
-    kernels.library_path.cache_clear()
-    kernels.qat_library.cache_clear()
+    caches = (kernels.library_path, kernels.qat_library, kernels.available)
+    for f in caches:
+        f.cache_clear()
     try:
         assert not kernels.available()
         assert resolve_engine("auto") == "torch"
         with pytest.raises(kernels.KernelUnavailable, match="no C compiler found"):
             resolve_engine("c")
     finally:
-        kernels.library_path.cache_clear()
-        kernels.qat_library.cache_clear()
+        for f in caches:
+            f.cache_clear()
 
 
 def test_kernel_is_compiled_once_per_cache(monkeypatch, tmp_path):

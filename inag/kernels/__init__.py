@@ -115,8 +115,10 @@ def qat_library() -> ctypes.CDLL:
     return lib
 
 
+@cache
 def available() -> bool:
-    """Whether the C kernels build and load on this machine."""
+    """Whether the C kernels build and load on this machine (asked once per process: a
+    failing build is not retried for every trainer)."""
     try:
         qat_library()
     except (KernelUnavailable, OSError):
