@@ -284,9 +284,10 @@ def main() -> None:
 def retrain(rows: list[Row], ev: TrainEvaluator, seeds: int) -> list[Row]:
     """Retrain every row's net with trainer seeds 0..seeds-1, each net alone.
 
-    Alone, because the batched trainer's padding grid depends on the batch's composition and,
-    measured here, so does the result (48@6-16@4-32@5-64@8: R² 0.9615 alone or with 3 or 15
+    Alone, because the torch engine's padding grid depends on the batch's composition and,
+    measured there, so does the result (48@6-16@4-32@5-64@8: R² 0.9615 alone or with 3 or 15
     random nets, 0.9595 next to one 32-48 wide net that coarsens the grid to (16, 32, 64)).
+    The C engine (the default where a compiler exists) gives the same bits either way.
     """
     distinct = list({r.arch.arch_id: r.arch for r in rows}.values())
     perf: dict[str, list[float]] = {a.arch_id: [] for a in distinct}
