@@ -43,7 +43,7 @@ import torch
 from inag.dataset import LocalBackend, build_dataset
 from inag.space import load_space
 from inag.tasks import load_task
-from inag.trainer import BatchedMLPTrainer, TrainerConfig, _widths, train_single
+from inag.trainer import BatchedMLPTrainer, TrainerConfig, _net_macs, _widths, train_single
 
 
 def sgemm_gflops(repeats: int = 7, size: int = 1024) -> list[float]:
@@ -96,8 +96,7 @@ def log(msg: str) -> None:
 
 
 def true_macs(arch) -> int:
-    ws = _widths(arch)
-    return sum(a * b for a, b in zip(ws, ws[1:], strict=False))
+    return _net_macs(_widths(arch))
 
 
 def main() -> None:

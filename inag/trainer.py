@@ -158,6 +158,11 @@ def _widths(arch: ArchSpec) -> list[int]:
     return [arch.input_shape[0], *(layer.width for layer in arch.layers), arch.output_size]
 
 
+def _net_macs(ws: Sequence[int]) -> int:
+    """Multiply-accumulates of one sample through dense layers of widths ``ws``."""
+    return sum(int(a) * int(b) for a, b in zip(ws, ws[1:], strict=False))
+
+
 def _loss_per_net(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     """Mean loss of every net: ``out`` is (k, n, out_size)."""
     if kind == "regression":
@@ -248,8 +253,8 @@ class _Plan:
         self.groups: list[dict[int, tuple[int, int]]] = []  # w_out -> (start, k) in prefix
         self.head_order: list[int] = []
         self.prev_pos: list[torch.Tensor] = []
-        self.useful_macs = sum(a * b for ws in true_w for a, b in zip(ws, ws[1:], strict=False))
-        self.padded_macs = sum(a * b for ws in widths for a, b in zip(ws, ws[1:], strict=False))
+        self.useful_macs = sum(_net_macs(ws) for ws in true_w)
+        self.padded_macs = sum(_net_macs(ws) for ws in widths)
         w_chunks: list[torch.Tensor] = []
         b_chunks: list[torch.Tensor] = []
         q_w: list[float] = []
@@ -470,10 +475,6 @@ def resolve_engine(engine: str) -> str:
 
         kernels.qat_library()  # raises KernelUnavailable with the compiler's message
     return engine
-
-
-def _net_macs(ws: Sequence[int]) -> int:
-    return sum(int(a) * int(b) for a, b in zip(ws, ws[1:], strict=False))
 
 
 @dataclass(frozen=True)
