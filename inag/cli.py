@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from inag.cli_options import (
+    CliError,
     MaxEnergy,
     MaxEnergyUj,
     MaxFlashKb,
@@ -51,10 +52,6 @@ dataset_app = typer.Typer(
 app.add_typer(platforms_app, name="platforms")
 app.add_typer(space_app, name="space")
 app.add_typer(dataset_app, name="dataset")
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one paragraph, exit code 2."""
 
 
 def _console(stderr: bool = False) -> Any:
@@ -1157,15 +1154,11 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("interrupted", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - classify below
-        import click
-
-        click_errors: tuple[type[BaseException], ...] = (click.ClickException,)
-        try:  # typer >= 0.2x vendors its own click; its usage errors are not click's
-            from typer._click.exceptions import ClickException as _TyperClickException
-
-            click_errors += (_TyperClickException,)
-        except ImportError:
-            pass
+        # typer >= 0.29 raises usage errors from its vendored click (TyperException); an
+        # older typer raised the real click's, which only exist if click was imported
+        click_errors: tuple[type[BaseException], ...] = (typer.TyperException,)
+        if "click" in sys.modules:
+            click_errors += (sys.modules["click"].ClickException,)
         if isinstance(exc, click_errors):
             exc.show()
             return exc.exit_code

@@ -1,11 +1,9 @@
 """``inag baseline``: the paper's GA / Bayesian-optimization baselines (section 5.2, Table 3).
 
 Kept out of ``inag/cli.py``, which registers it through :func:`register`. Heavy packages
-(torch, Optuna) load inside the command. Bad input raises ``click.BadParameter`` /
-``click.UsageError`` (the real ``click``'s, which ``inag.cli.main`` handles; typer >= 0.2x
-raises its own vendored copies, which it does not); a search that finds nothing within the
-limits raises :class:`BaselineFailed`, a ``click`` exception with the CLI's exit code for known
-errors (2), so the message prints as one paragraph.
+(torch, Optuna) load inside the command. Bad input and a search that finds nothing within the
+limits raise :class:`inag.cli_options.CliError`: one paragraph on stderr, exit code 2. (No
+``click`` import: typer >= 0.29 vendors its own click and no longer installs the real one.)
 """
 
 from __future__ import annotations
@@ -15,10 +13,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 
 from inag.cli_options import (
+    CliError,
     MaxEnergy,
     MaxEnergyUj,
     MaxFlashKb,
@@ -30,15 +28,6 @@ from inag.cli_options import (
 
 if TYPE_CHECKING:
     from inag.baselines import BaselineResult, Evaluator
-
-
-class BaselineFailed(click.ClickException):
-    """A :class:`inag.baselines.BaselineError`, shown as ``error: ...`` with exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        typer.echo(f"error: {self.format_message()}", err=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -108,17 +97,13 @@ def baseline(
     from inag.select import limit_overrides
 
     if method not in METHODS:
-        raise click.BadParameter(
-            f"{method!r} is not one of {', '.join(METHODS)}", param_hint="--method"
-        )
+        raise CliError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
     if evaluator not in EVALUATORS:
-        raise click.BadParameter(
-            f"{evaluator!r} is not one of {', '.join(EVALUATORS)}", param_hint="--evaluator"
-        )
+        raise CliError(f"--evaluator: {evaluator!r} is not one of {', '.join(EVALUATORS)}")
     if budget_evals is None and budget_minutes is None:
-        raise click.UsageError("give a budget: --budget-evals N and/or --budget-minutes M")
+        raise CliError("give a budget: --budget-evals N and/or --budget-minutes M")
     if budget_minutes is not None and budget_minutes <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--budget-minutes")
+        raise CliError(f"--budget-minutes: must be > 0, found {budget_minutes}")
     plat = load_platform(platform)
     overrides = limit_overrides(
         max_storage,
@@ -131,7 +116,7 @@ def baseline(
     )
     for name, v in overrides.items():
         if not v > 0:
-            raise click.BadParameter(f"limits must be > 0, found {name}={v}")
+            raise CliError(f"limits must be > 0, found {name}={v}")
     ev, search_space, task_name = _evaluator(evaluator, task, model, db, space, epochs, restarts)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -176,7 +161,7 @@ def baseline(
             report_final = res
             bar.update(job, completed=res.evals if budget_evals is not None else total)
     except BaselineError as exc:
-        raise BaselineFailed(str(exc)) from None
+        raise CliError(str(exc)) from None
     _print_result(con, report_final, task_name)
     if json_out is not None:
         data = {
@@ -220,23 +205,22 @@ def _evaluator(
     }
     given = {k: v for k, v in sources.items() if v is not None}
     if len(set(given.values())) > 1:
-        raise click.UsageError(
+        raise CliError(
             "the task differs between "
             + ", ".join(f"{k} ({v})" for k, v in given.items())
             + "; give matching ones"
         )
     if not given:
-        raise click.UsageError("give --task (or a --db / --model that names it)")
+        raise CliError("give --task (or a --db / --model that names it)")
     task_name = next(iter(given.values()))
 
     if kind == "encoder":
         if model is None:
-            raise click.BadParameter(
-                "--evaluator encoder scores nets with a NAGAN artifact's encoder; give --model",
-                param_hint="--model",
+            raise CliError(
+                "--evaluator encoder scores nets with a NAGAN artifact's encoder; give --model"
             )
         if epochs is not None or restarts is not None:
-            raise click.UsageError("--epochs/--restarts apply to --evaluator train only")
+            raise CliError("--epochs/--restarts apply to --evaluator train only")
         return EncoderEvaluator(model), model.space, task_name
 
     trainer_fields: dict[str, Any] | None = None
