@@ -15,6 +15,7 @@ import typer
 class CliError(Exception):
     """A user-facing error: printed as one paragraph, exit code 2."""
 
+
 MaxStorage = Annotated[
     float | None,
     typer.Option(help="Normalized storage limit (eq. 2 / largest arch), e.g. 0.21."),

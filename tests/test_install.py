@@ -110,7 +110,9 @@ def test_every_import_is_a_declared_requirement() -> None:
             dists = _distributions(mod)
             where = path.relative_to(ROOT)
             if not dists:
-                problems.append(f"{where}: imports {mod!r}, which no installed distribution provides")
+                problems.append(
+                    f"{where}: imports {mod!r}, which no installed distribution provides"
+                )
             elif mod in at_import and not dists & base:
                 problems.append(
                     f"{where}: imports {mod!r} at module import time, but its distribution "
@@ -144,8 +146,8 @@ def test_cli_start_up_needs_only_the_base_install() -> None:
         dists = _distributions(mod)
         if dists and not dists & allowed:
             missing.append(f"{mod} (from {sorted(dists)})")
-    assert not missing, (
-        "the CLI imports modules that only an extra installs: " + ", ".join(missing)
+    assert not missing, "the CLI imports modules that only an extra installs: " + ", ".join(
+        missing
     )
     for heavy in ("torch", "tvm", "onnxruntime", "ray", "optuna"):
         assert heavy not in loaded, f"`inag platforms list` imported {heavy}"
