@@ -108,8 +108,16 @@ def platforms_show(
             table.add_row(label, f"{s.value:g}", s.kind, s.source)
 
     add("clock_hz", cap.clock_hz)
+    add("cores", cap.cores)
+    for level, s in cap.caches.items():
+        add(level, s)
     for field in ("flash_bytes", "sram_bytes", "reserved_flash_bytes", "reserved_sram_bytes"):
         add(field, getattr(cap.memories, field))
+    if cap.cpu or cap.isa:
+        where = " (detected on this machine)" if p.detected else ""
+        llvm = f", LLVM CPU {cap.llvm_cpu}" if cap.llvm_cpu else ""
+        feats = f", features {' '.join(cap.features)}" if cap.features else ""
+        con.print(f"cpu: {cap.cpu or '?'}{where}; isa {cap.isa or '?'}{llvm}{feats}")
     con.print(table)
     n = cap.numerics
     con.print(
@@ -176,6 +184,45 @@ def platforms_validate(
             + ", ".join(f"{r}={c.model}" for r, c in p.cost_models.items())
             + ")"
         )
+
+
+@platforms_app.command("detect")
+def platforms_detect(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the YAML.")],
+    name: Annotated[str, typer.Option(help="The `name:` of the written descriptor.")] = "my_host",
+    base: Annotated[
+        str, typer.Option(help="Descriptor whose {detect: ...} fields to measure.")
+    ] = "host_cpu",
+) -> None:
+    """Freeze this machine into a descriptor: every {detect: ...} field of BASE measured here.
+
+    The file is an ordinary descriptor (detected numbers say `kind: detected` and where they
+    came from); it describes this machine wherever it is loaded later, unlike host_cpu, which
+    describes whichever machine loads it.
+    """
+    import yaml
+
+    from inag.platform import freeze_detected, load_platform
+
+    if out.is_dir():
+        raise CliError(f"--out: {out} is a directory; give a file path such as my_host.yaml")
+    data = freeze_detected(base, name)
+    text = (
+        "# Frozen by `inag platforms detect`: the numbers of one machine; re-run it on another.\n"
+        + yaml.safe_dump(data, sort_keys=False, width=100)
+    )
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(out)
+    except OSError as exc:
+        raise CliError(f"--out: cannot write {out}: {exc.strerror}") from None
+    p = load_platform(out)
+    typer.echo(
+        f"wrote {out} ({p.name}: {p.capability.cpu}, {p.capability.isa}, "
+        f"target {json.dumps(p.measure.tvm_target)})"
+    )
 
 
 # ---------------------------------------------------------------------------- space

@@ -17,7 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
-SourceKind = Literal["datasheet", "paper", "isa", "source-code", "derived", "measured", "guess"]
+SourceKind = Literal[
+    "datasheet", "paper", "isa", "source-code", "derived", "measured", "detected", "guess"
+]
 ROLES = {  # role in the platform file -> the quantity (with its unit) the model must return
     "storage": "storage_bits",
     "flash": "flash_bytes",
@@ -87,7 +89,11 @@ class Numerics(_Strict):
 class Capability(_Strict):
     cpu: str = ""
     isa: str = ""
+    llvm_cpu: str = ""  # LLVM's name for the CPU (what TVM's `mcpu` takes)
+    features: list[str] = Field(default_factory=list)  # ISA extensions: avx512vnni, neon, sve
+    cores: PositiveSourced | None = None
     clock_hz: PositiveSourced
+    caches: dict[str, PositiveSourced] = Field(default_factory=dict)  # l1d_bytes, l2_bytes, ...
     memories: Memories
     numerics: Numerics = Field(default_factory=Numerics)
 
@@ -163,6 +169,7 @@ class Platform(_Strict):
     measure: Measure
     calibration: Calibration = Field(default_factory=Calibration)
     path: str | None = Field(default=None, exclude=True)
+    detected: bool = Field(default=False, exclude=True)  # had {detect: ...} fields (this host)
 
     @field_validator("cost_models")
     @classmethod
@@ -231,10 +238,12 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 
 def platform_from_dict(data: Any, source: str = "<dict>") -> Platform:
+    """Validate ``data``; ``{detect: PROBE}`` fields are first resolved on this machine."""
     if not isinstance(data, dict):
         raise PlatformError(
             f"{source}: a platform descriptor is a YAML mapping, found {type(data).__name__}"
         )
+    data = resolve_detected(data, source)
     if data.get("schema_version") != SCHEMA_VERSION:
         raise PlatformError(
             f"{source}: schema_version must be {SCHEMA_VERSION}, found "
@@ -244,6 +253,19 @@ def platform_from_dict(data: Any, source: str = "<dict>") -> Platform:
         return Platform.model_validate({**data, "path": source})
     except ValidationError as exc:
         raise PlatformError(format_validation_error(exc, source)) from None
+
+
+def resolve_detected(data: dict[str, Any], source: str = "<dict>") -> dict[str, Any]:
+    """``data`` with its ``{detect: PROBE}`` fields measured here (``inag.hostinfo``), and
+    ``detected: true`` set when there were any; unchanged when there are none."""
+    from inag import hostinfo
+
+    if not hostinfo.has_markers(data):
+        return data
+    try:
+        return {**hostinfo.resolve(data), "detected": True}
+    except hostinfo.HostInfoError as exc:
+        raise PlatformError(f"{source}: {exc}") from None
 
 
 def resolve_platform_path(name_or_path: str | Path) -> Path:
@@ -261,13 +283,37 @@ def resolve_platform_path(name_or_path: str | Path) -> Path:
     )
 
 
-def load_platform(name_or_path: str | Path) -> Platform:
-    """A platform by bundled name (``cortex_m``) or by path to a YAML file."""
+def read_descriptor(name_or_path: str | Path) -> tuple[Path, Any]:
+    """The path and the parsed, not yet validated YAML of a descriptor."""
     path = resolve_platform_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        return path, yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise PlatformError(f"{path}: malformed YAML: {exc}") from None
     except OSError as exc:
         raise PlatformError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_platform(name_or_path: str | Path) -> Platform:
+    """A platform by bundled name (``cortex_m``) or by path to a YAML file."""
+    path, data = read_descriptor(name_or_path)
     return platform_from_dict(data, source=str(path))
+
+
+def freeze_detected(name_or_path: str | Path = "host_cpu", name: str = "my_host") -> dict:
+    """The descriptor with its ``{detect: ...}`` fields measured on this machine, renamed:
+    an ordinary descriptor that describes this machine wherever it is loaded later."""
+    import time
+
+    path, data = read_descriptor(name_or_path)
+    if not isinstance(data, dict):
+        raise PlatformError(f"{path}: a platform descriptor is a YAML mapping")
+    resolved = resolve_detected(data, str(path))
+    resolved.pop("detected", None)
+    platform_from_dict(resolved, str(path))  # what we write must validate
+    cpu = resolved.get("capability", {}).get("cpu", "")
+    return {
+        **resolved,
+        "name": name,
+        "description": f"{cpu} detected {time.strftime('%Y-%m-%d')} (frozen from {path.name})",
+    }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from inag.arch import ArchSpec, LayerSpec
@@ -9,6 +11,10 @@ from inag.platform import Platform, bundled_names, load_platform
 from inag.space import SearchSpace, load_space
 
 BUNDLED_PLATFORMS = ("bitfusion", "cortex_a", "cortex_m", "host_cpu")
+# Golden numbers need fixed descriptors: the bundled host_cpu detects the machine it runs on,
+# so goldens use a frozen host descriptor (tests/data/host_zen3.yaml) in its place.
+FROZEN_HOST = Path(__file__).with_name("data") / "host_zen3.yaml"
+GOLDEN_PLATFORMS = ("bitfusion", "cortex_a", "cortex_m", "host_zen3")
 
 
 def small_mlp() -> ArchSpec:
@@ -42,7 +48,9 @@ def mixed_mlp() -> ArchSpec:
 
 @pytest.fixture(scope="session")
 def platforms() -> dict[str, Platform]:
-    return {name: load_platform(name) for name in bundled_names()}
+    out = {name: load_platform(name) for name in bundled_names()}
+    out["host_zen3"] = load_platform(FROZEN_HOST)
+    return out
 
 
 @pytest.fixture(scope="session")

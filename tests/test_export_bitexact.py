@@ -19,6 +19,7 @@ import pytest
 from export import c_export, onnx_export, reference
 from export.qnet import QuantizedNet
 from inag.arch import ArchSpec, LayerSpec
+from inag.platform import load_platform
 from inag.space import load_space
 
 N_INPUTS = 256
@@ -128,9 +129,12 @@ def test_tvm_host_matches_reference(cases, tmp_path: Path):
 
     # all 20 nets as functions of one module: one build instead of 20 (same code per net),
     # exported as a shared library and loaded back: the artifact path, not an in-memory JIT
+    # built for the detected host target (LLVM's CPU name + this CPU's features), as
+    # `inag export --target tvm --platform host_cpu` builds it
+    target = tvm_export.check_target(load_platform("host_cpu"))
     mod = tvm_export.build_relax_many({f"net{i}": net for i, (net, _, _) in enumerate(cases)})
-    ex = tvm_export.compile_module(mod, {"kind": "llvm"})
-    lib = tvm_export.export_library(ex, tmp_path, "all", {"kind": "llvm"})
+    ex = tvm_export.compile_module(mod, target)
+    lib = tvm_export.export_library(ex, tmp_path, "all", target)
     assert lib["library"] == "all.so" and lib["linked"]
     loaded = tvm_export.load_library(tmp_path / lib["library"])
     for i, (net, x, want) in enumerate(cases):

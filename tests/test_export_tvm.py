@@ -63,6 +63,54 @@ def test_platform_targets_are_dicts():
     assert not tvm_export.is_cross({"kind": "llvm"})
 
 
+HOST_EXPORT = """
+import sys
+import numpy as np
+from export import reference, tvm_export
+from export.artifacts import export_artifacts
+from export.qnet import QuantizedNet
+from inag.arch import ArchSpec, LayerSpec
+from inag.platform import load_platform
+
+plat = load_platform("host_cpu")
+archs = {
+    "mlp": ArchSpec("mlp", (6,), 3, (LayerSpec(24, 5), LayerSpec(12, 8))),
+    "cnn": ArchSpec("cnn", (1, 12, 12), 4, (LayerSpec(8, 8, "conv", kernel=3, pool=2),
+                                            LayerSpec(16, 6, "conv", kernel=3), LayerSpec(16, 4))),
+}
+for name, arch in archs.items():
+    net = QuantizedNet.random(arch, np.random.default_rng(3))
+    out = sys.argv[1] + "/" + name
+    m = export_artifacts(net, "tvm", out, plat)
+    assert m["self_check"]["bit_exact"], m["self_check"]
+    lib = tvm_export.load_library(out + "/" + m["target_info"]["library"])
+    x = np.random.default_rng(4).integers(-128, 128, (64, *arch.input_shape)).astype(np.int8)
+    np.testing.assert_array_equal(tvm_export.run_vm(lib, x), reference.run(net, x))
+    print(name, m["target_info"]["target"])
+"""
+
+
+def test_host_platform_export_runs_bit_exact_for_mlp_and_cnn(tmp_path):
+    """`--target tvm --platform host_cpu` builds for the detected CPU: the code runs here.
+
+    In a child process: code built for another CPU dies with SIGILL, which must fail this
+    test, not kill the test run."""
+    res = subprocess.run(
+        [sys.executable, "-c", HOST_EXPORT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert res.returncode == 0, f"exit {res.returncode} (-4 is SIGILL)\n{res.stderr[-3000:]}"
+    lines = res.stdout.split("\n")
+    assert any(line.startswith("mlp ") for line in lines) and any(
+        line.startswith("cnn ") for line in lines
+    ), res.stdout
+    target = load_platform("host_cpu").measure.tvm_target
+    assert target is not None and target["kind"] == "llvm"
+
+
 def test_invalid_target_is_a_clear_error(net):
     with pytest.raises(ExportError, match="invalid TVM target"):
         tvm_export.compile_net(net, {"kind": "no-such-kind"})

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import BUNDLED_PLATFORMS, mixed_mlp, small_cnn, small_mlp
+from conftest import BUNDLED_PLATFORMS, GOLDEN_PLATFORMS, mixed_mlp, small_cnn, small_mlp
 from hwmodel_conformance import check_conformance, conformance_archs
 from pydantic import ValidationError
 
@@ -479,13 +479,14 @@ def hand_small_mlp() -> dict[str, dict[str, float]]:
         "energy": (MACS * 9.0 + wbits8 * 20.0 + abits8 * 0.16) * 1e-12,  # 41755.84 pJ
         "latency": cycles_a / 1.5e9,
     }
-    # host_cpu: e_mac 5 pJ, reads 0.16 pJ/bit; 15 MAC/cycle, 32 B/cycle, 2500 / 12000, 2.45 GHz
+    # host_zen3 (frozen): e_mac 5 pJ, reads 0.16 pJ/bit; 15 MAC/cycle, 32 B/cycle, 2500 / 12000,
+    # 2.45 GHz
     cycles_h = (
         sum(max(m / 15.0, b / 32.0) + 2500 for m, b in zip((16, 128, 8), moved8, strict=True))
         + 12000
     )
     assert cycles_h == pytest.approx(97 / 32 + 128 / 15 + 24 / 32 + 19500)
-    out["host_cpu"] = {
+    out["host_zen3"] = {
         "storage": storage,
         "flash": flash_container,
         "sram": sram8,
@@ -531,18 +532,18 @@ GOLDEN = {
         "bitfusion": (55008, 8312, 128, 1.3132254048881093e-08, 4.270875e-06),
         "cortex_a": (55008, 10424, 128, 1.7558111999999997e-06, 3.268246913580247e-05),
         "cortex_m": (55008, 7432, 128, 4.856e-06, 0.0007997916666666666),
-        "host_cpu": (55008, 10424, 128, 6.246592e-08, 1.0264272108843538e-05),
+        "host_zen3": (55008, 10424, 128, 6.246592e-08, 1.0264272108843538e-05),
     },
     "small_cnn": {
         "bitfusion": (16448, 2540, 128, 5.556641827322162e-09, 3.695e-06),
         "cortex_a": (16448, 2684, 192, 5.121856e-07, 2.919624691358025e-05),
         "cortex_m": (16448, 2092, 192, 4.56e-06, 0.0009895),
-        "host_cpu": (16448, 2684, 192, 4.970112e-08, 9.227755102040816e-06),
+        "host_zen3": (16448, 2684, 192, 4.970112e-08, 9.227755102040816e-06),
     },
 }
 
 
-@pytest.mark.parametrize("platform_name", BUNDLED_PLATFORMS)
+@pytest.mark.parametrize("platform_name", GOLDEN_PLATFORMS)
 def test_golden_small_mlp_by_hand(platform_name, platforms):
     expected = hand_small_mlp()[platform_name]
     result = PlatformCoster(platforms[platform_name]).cost([small_mlp()])
@@ -550,7 +551,24 @@ def test_golden_small_mlp_by_hand(platform_name, platforms):
         assert result.totals[role][0] == pytest.approx(expected[role], rel=1e-9), role
 
 
-@pytest.mark.parametrize("platform_name", BUNDLED_PLATFORMS)
+def test_detected_host_latency_by_hand(platforms):
+    """The bundled host_cpu's latency follows its detected numbers (whatever this machine is):
+    small_mlp's units move 97, 184 and 24 bytes (see hand_small_mlp) for 16, 128, 8 MACs."""
+    plat = platforms["host_cpu"]
+    p = plat.cost_models["latency"].params
+    mpc, bpc = p["macs_per_cycle"][8]["value"], p["mem_bytes_per_cycle"]["value"]
+    per_layer = p["overhead_cycles_per_layer"]["value"]
+    per_run = p["overhead_cycles_per_inference"]["value"]
+    cycles = sum(
+        max(m / mpc, b / bpc) + per_layer for m, b in zip((16, 128, 8), (97, 184, 24), strict=True)
+    )
+    want = (cycles + per_run) / plat.capability.clock_hz.value
+    got = PlatformCoster(plat).cost([small_mlp()]).totals["latency"][0]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert p["macs_per_cycle"][8]["kind"] == "detected"
+
+
+@pytest.mark.parametrize("platform_name", GOLDEN_PLATFORMS)
 @pytest.mark.parametrize("arch_name", sorted(GOLDEN))
 def test_golden_pinned(arch_name, platform_name, platforms):
     arch = {"mixed_mlp": mixed_mlp, "small_cnn": small_cnn}[arch_name]()
