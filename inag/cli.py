@@ -1162,10 +1162,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from inag.arch import ArchError
     from inag.ir import IRError
     from inag.platform import PlatformError
+    from inag.safe_io import InputError
     from inag.space import SpaceError
 
     errors: list[type[BaseException]] = [
         CliError,
+        InputError,
         ArchError,
         SpaceError,
         PlatformError,
