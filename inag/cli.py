@@ -262,7 +262,16 @@ def space_info(
         )
     typer.echo(f"  bits {list(s.bits)}; head bits {s.output_bits}")
     typer.echo(f"  input {s.input_shape} -> output {s.output_size}")
-    typer.echo(f"  size {s.size():,} architectures ({s.size():.2e}); encoding length {s.dim}")
+    size = s.size()
+    typer.echo(f"  size {size:,} architectures ({_sci(size)}); encoding length {s.dim}")
+
+
+def _sci(n: int) -> str:
+    """Scientific notation of an exact integer of any size (float() overflows past 1e308)."""
+    digits = str(n)
+    if len(digits) < 300:
+        return f"{n:.2e}"
+    return f"{digits[0]}.{digits[1:3]}e+{len(digits) - 1}"
 
 
 def _load_space(name: str, input_shape: str | None, output_size: int | None) -> Any:
@@ -1221,7 +1230,7 @@ def _register_extensions() -> None:
     """Command groups that live in their own CLI modules (still CLI code: they may print)."""
     import importlib
 
-    for name in ("inag.cli_export", "inag.cli_baseline"):
+    for name in ("inag.cli_export", "inag.cli_baseline", "inag.cli_measure"):
         try:
             importlib.import_module(name).register(app)
         except ModuleNotFoundError as exc:

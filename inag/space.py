@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from inag.arch import MAX_BITS, MIN_BITS, ArchError, ArchSpec, LayerSpec, conv_out_hw
+from inag.safe_io import InputError, brief, load_yaml, read_text
 
 
 class SpaceError(ValueError):
@@ -416,15 +416,61 @@ def _index(values: np.ndarray, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------- loading
 BUNDLED_SPACES = ("mlp", "cnn")
+# Bounds that keep a crafted space from hanging (size sums, DP) or asking for absurd memory
+# (the encoding is max_depth x slot floats per architecture); the bundled ones use 6 and 4.
+MAX_SPACE_DEPTH = 64
+MAX_CHOICES = 256
+MAX_INPUT_ELEMENTS = 1 << 26
+MAX_OUTPUT_SIZE = 1 << 16
+_TOP_KEYS = (
+    "schema_version",
+    "name",
+    "kind",
+    "description",
+    "bits",
+    "input_shape",
+    "output_size",
+    "output_bits",
+)
+_BLOCK_KEYS = {
+    "dense": ("min_depth", "max_depth", "widths"),
+    "conv": ("min_depth", "max_depth", "channels", "kernels", "strides", "pools"),
+}
+
+
+def _check_keys(data: dict, valid: Sequence[str], where: str) -> None:
+    """Refuse misspelled keys (``min_dpeth``): ignoring them silently changes the space."""
+    import difflib
+
+    for key in data:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpaceError(
+                f"{where}: unknown key {brief(key)}{hint}; valid keys: {', '.join(valid)}"
+            )
+
+
+def _int_field(data: dict, key: str, where: str, lo: int, hi: int, default: Any = None) -> int:
+    v = data.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise SpaceError(f"{where}.{key}: expected an integer in {lo}..{hi}, found {brief(v)}")
+    return v
 
 
 def _int_list(data: dict, key: str, where: str, lo: int, hi: int) -> tuple[int, ...]:
     vals = data.get(key)
     if not isinstance(vals, list) or not vals:
-        raise SpaceError(f"{where}.{key}: expected a non-empty list of integers, found {vals!r}")
+        raise SpaceError(
+            f"{where}.{key}: expected a non-empty list of integers, found {brief(vals)}"
+        )
+    if len(vals) > MAX_CHOICES:
+        raise SpaceError(
+            f"{where}.{key}: {len(vals)} choices, more than the {MAX_CHOICES} accepted"
+        )
     for v in vals:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise SpaceError(f"{where}.{key}: expected integers in {lo}..{hi}, found {v!r}")
+            raise SpaceError(f"{where}.{key}: expected integers in {lo}..{hi}, found {brief(v)}")
     if len(set(vals)) != len(vals):
         raise SpaceError(f"{where}.{key}: duplicate choices in {vals}")
     return tuple(sorted(vals))
@@ -435,15 +481,18 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
         raise SpaceError(
             f"{source}: a search space is a YAML mapping, found {type(data).__name__}"
         )
-    if data.get("schema_version") != 1:
-        raise SpaceError(
-            f"{source}: schema_version must be 1, found {data.get('schema_version')!r}"
-        )
+    sv = data.get("schema_version")
+    if isinstance(sv, bool) or sv != 1:
+        raise SpaceError(f"{source}: schema_version must be 1, found {brief(sv)}")
     kind = data.get("kind")
     if kind not in ("mlp", "cnn"):
-        raise SpaceError(f"{source}: kind must be 'mlp' or 'cnn', found {kind!r}")
-    bits = _int_list(data, "bits", source, MIN_BITS, MAX_BITS)
+        raise SpaceError(f"{source}: kind must be 'mlp' or 'cnn', found {brief(kind)}")
     block_names = ("dense",) if kind == "mlp" else ("conv", "dense")
+    _check_keys(data, (*_TOP_KEYS, *block_names), source)
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise SpaceError(f"{source}: {key} must be a string, found {brief(data[key])}")
+    bits = _int_list(data, "bits", source, MIN_BITS, MAX_BITS)
     blocks = []
     for name in block_names:
         where = f"{source}: {name}"
@@ -452,12 +501,24 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
             raise SpaceError(
                 f"{where}: missing section (a {kind} space needs {list(block_names)})"
             )
+        _check_keys(bd, _BLOCK_KEYS[name], where)
         lo_default = 1 if (name == "dense" and kind == "mlp") or name == "conv" else 0
         min_d = bd.get("min_depth", lo_default)
         max_d = bd.get("max_depth")
-        if not isinstance(max_d, int) or not isinstance(min_d, int) or not 0 <= min_d <= max_d:
+        if (
+            isinstance(max_d, bool)
+            or isinstance(min_d, bool)
+            or not isinstance(max_d, int)
+            or not isinstance(min_d, int)
+            or not 0 <= min_d <= max_d
+        ):
             raise SpaceError(
-                f"{where}: need integers 0 <= min_depth <= max_depth, found {min_d!r}..{max_d!r}"
+                f"{where}: need integers 0 <= min_depth <= max_depth, found "
+                f"{brief(min_d)}..{brief(max_d)}"
+            )
+        if max_d > MAX_SPACE_DEPTH:
+            raise SpaceError(
+                f"{where}.max_depth: {max_d} layers, more than the {MAX_SPACE_DEPTH} accepted"
             )
         if min_d < lo_default:
             raise SpaceError(f"{where}: min_depth must be at least {lo_default}, found {min_d}")
@@ -476,13 +537,30 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
                 )
         blocks.append(Block(kind=name, min_depth=min_d, max_depth=max_d, **kw))
     shape = data.get("input_shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or len(shape) > 4
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
         raise SpaceError(
-            f"{source}: input_shape must be a list of positive integers, found {shape!r}"
+            f"{source}: input_shape must be a list of positive integers, found {brief(shape)}"
+        )
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise SpaceError(
+            f"{source}: input_shape {brief(shape)} has {math.prod(shape):,} elements, more "
+            f"than the {MAX_INPUT_ELEMENTS:,} accepted"
         )
     out_size = data.get("output_size")
-    if not isinstance(out_size, int) or out_size < 1:
-        raise SpaceError(f"{source}: output_size must be a positive integer, found {out_size!r}")
+    if isinstance(out_size, bool) or not isinstance(out_size, int) or out_size < 1:
+        raise SpaceError(
+            f"{source}: output_size must be a positive integer, found {brief(out_size)}"
+        )
+    if out_size > MAX_OUTPUT_SIZE:
+        raise SpaceError(
+            f"{source}: output_size {out_size} is more than the {MAX_OUTPUT_SIZE} accepted"
+        )
+    out_bits = _int_field(data, "output_bits", source, MIN_BITS, MAX_BITS, MAX_BITS)
     space = SearchSpace(
         name=str(data.get("name", Path(source).stem)),
         kind=kind,
@@ -490,7 +568,7 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
         bits=bits,
         input_shape=tuple(shape),
         output_size=out_size,
-        output_bits=int(data.get("output_bits", MAX_BITS)),
+        output_bits=out_bits,
         description=str(data.get("description", "")),
     )
     try:
@@ -507,16 +585,19 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         text = resources.files("inag").joinpath(f"spaces/{text_source}.yaml").read_text()
     else:
         path = Path(name_or_path)
-        if not path.is_file():
+        if not path.exists():
             raise SpaceError(
                 f"no search space {text_source!r}: not a bundled name "
                 f"({', '.join(BUNDLED_SPACES)}) and no such file"
             )
-        text = path.read_text()
+        try:
+            text = read_text(path, "a search-space YAML file")
+        except InputError as exc:
+            raise SpaceError(str(exc)) from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{text_source}: malformed YAML: {exc}") from None
+        data = load_yaml(text, text_source)
+    except InputError as exc:
+        raise SpaceError(str(exc)) from None
     return space_from_dict(data, source=text_source)
 
 
