@@ -196,10 +196,12 @@ class ArchSpec:
 
     @staticmethod
     def from_json(text: str) -> ArchSpec:
+        from inag.safe_io import InputError, load_json
+
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ArchError(f"not valid JSON: {exc}") from None
+            data = load_json(text, "architecture")
+        except InputError as exc:
+            raise ArchError(str(exc)) from None
         if isinstance(data, dict) and "arch" in data and isinstance(data["arch"], dict):
             data = data["arch"]  # a wrapped record, e.g. a line of `inag generate`
         return ArchSpec.from_dict(data)

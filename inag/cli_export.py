@@ -42,10 +42,12 @@ def read_arch(source: str) -> ArchSpec:
     m = _SELECT_RE.match(source)
     if m and Path(m["path"]).is_file():
         path, rank = Path(m["path"]), int(m["rank"])
+        from inag.safe_io import InputError, load_json, read_text
+
         try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _err(f"{path}: not valid JSON: {exc}") from None
+            data = load_json(read_text(path, "a selection JSON"), str(path))
+        except InputError as exc:
+            raise _err(str(exc)) from None
         sel = data.get("selected") if isinstance(data, dict) else None
         if not isinstance(sel, list):
             raise _err(f"{path}: expected a selection JSON with a list under 'selected'")

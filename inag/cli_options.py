@@ -39,15 +39,26 @@ def read_arch_source(
     ``accepted`` completes the error for a missing file ("expected ..."); ``fail`` builds the
     command's own error type from a message.
     """
-    if source == "-":
-        text, where = sys.stdin.read(), "stdin"
-    elif source.lstrip().startswith("{"):
-        text, where = source, "the argument"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise fail(f"no architecture file {source!r} (expected {accepted})")
-        text, where = path.read_text(), str(path)
+    from inag.safe_io import MAX_TEXT_BYTES, InputError, decode_text, read_text
+
+    what = "architecture JSON"
+    try:
+        if source == "-":
+            raw = getattr(sys.stdin, "buffer", None)  # absent on a test's StringIO stdin
+            data = (raw or sys.stdin).read(MAX_TEXT_BYTES + 1)
+            if len(data) > MAX_TEXT_BYTES:
+                raise fail(f"stdin: more than the {MAX_TEXT_BYTES:,} bytes accepted for {what}")
+            text = data if isinstance(data, str) else decode_text(data, "stdin", what)
+            where = "stdin"
+        elif source.lstrip().startswith("{"):
+            text, where = source, "the argument"
+        else:
+            path = Path(source)
+            if not path.exists():
+                raise fail(f"no architecture file {source!r} (expected {accepted})")
+            text, where = read_text(path, f"{what} ({accepted})"), str(path)
+    except InputError as exc:
+        raise fail(str(exc)) from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise fail(f"{where}: no architecture found (empty input)")
