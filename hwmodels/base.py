@@ -44,6 +44,8 @@ class HardwareModel(ABC):
     quantity: ClassVar[str]
     reduce: ClassVar[Literal["sum", "max"]] = "sum"
     Params: ClassVar[type[BaseModel]] = NoParams
+    # Params fields `inag calibrate` may fit: Sourced numbers, or tables of them by bit-width
+    fittable: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, platform: Platform, params: BaseModel | Mapping[str, Any] | None = None):
         self.platform = platform
@@ -68,6 +70,18 @@ class HardwareModel(ABC):
     def _network_overhead(self) -> float:
         """Cost paid once per inference (runtime entry, scratch memory...)."""
         return 0.0
+
+    def fittable_start(self) -> dict[str, float | dict[str, float]]:
+        """Where a calibration fit starts: each present fittable parameter's value (a table
+        by bit-width for table parameters). Override to also fit absent optional ones."""
+        out: dict[str, float | dict[str, float]] = {}
+        for name in self.fittable:
+            val = getattr(self.params, name, None)
+            if isinstance(val, dict):
+                out[name] = {str(k): float(v.value) for k, v in val.items()}
+            elif val is not None:
+                out[name] = float(val.value)
+        return out
 
     # ------------------------------------------------------------------ validated API
     def layer_cost(self, table: LayerTable) -> np.ndarray:

@@ -64,6 +64,13 @@ class Flash(HardwareModel):
     name = "flash"
     quantity = "flash_bytes"
     Params = FlashParams
+    fittable = ("per_layer_bytes", "runtime_bytes")
+
+    def fittable_start(self) -> dict[str, float | dict[str, float]]:
+        out = super().fittable_start()
+        out.setdefault("per_layer_bytes", 16.0)
+        out.setdefault("runtime_bytes", 256.0)
+        return out
 
     def _layer_cost(self, t: LayerTable) -> np.ndarray:
         p: FlashParams = self.params  # type: ignore[assignment]
@@ -148,6 +155,21 @@ class RooflineLatency(HardwareModel):
     name = "roofline_latency"
     quantity = "latency_s"
     Params = RooflineParams
+    fittable = (
+        "macs_per_cycle",
+        "conv_macs_per_cycle",
+        "mem_bytes_per_cycle",
+        "overhead_cycles_per_layer",
+        "overhead_cycles_per_inference",
+    )
+
+    def fittable_start(self) -> dict[str, float | dict[str, float]]:
+        """Absent overheads start at 100 cycles; absent conv throughput at the dense one."""
+        out = super().fittable_start()
+        out.setdefault("conv_macs_per_cycle", dict(out["macs_per_cycle"]))  # type: ignore[arg-type]
+        out.setdefault("overhead_cycles_per_layer", 100.0)
+        out.setdefault("overhead_cycles_per_inference", 100.0)
+        return out
 
     def __init__(self, platform, params=None):  # type: ignore[no-untyped-def]
         super().__init__(platform, params)

@@ -149,11 +149,38 @@ class Measure(_Strict):
 
 
 class Calibration(_Strict):
-    fitted_on: str | None = None  # date, git sha
+    """Provenance of fitted numbers (written by ``inag calibrate``)."""
+
+    fitted_on: str | None = None  # date
     device: str | None = None
     source: str | None = None
+    runtime: str | None = None
+    origin: Literal["device", "emulated", "model"] | None = None
+    measurements: str | None = None  # the store the fit read
+    fit_arch_ids: list[str] = Field(default_factory=list)
     coefficients: dict[str, float] = Field(default_factory=dict)
     residuals: dict[str, float | None] = Field(default_factory=dict)
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.fitted_on and self.coefficients)
+
+    def summary(self) -> str:
+        """One line for `inag select`: is the latency model calibrated, and on what."""
+        if not self.calibrated:
+            return "latency model uncalibrated (datasheet/guess numbers)"
+        r = self.residuals
+        held = r.get("held_out_nets")
+        within = r.get("within_10pct")
+        acc = (
+            f"; held-out within ±10 %: {within * held:.0f} of {held:.0f}"
+            if held and within is not None
+            else ""
+        )
+        return (
+            f"latency model calibrated {self.fitted_on} on {self.origin or 'device'} "
+            f"{self.device} via {self.runtime}, {len(self.fit_arch_ids)} nets{acc}"
+        )
 
 
 class Platform(_Strict):
