@@ -66,9 +66,11 @@ import copy
 import csv
 import functools
 import gzip
+import io
 import math
 import pickle
 import struct
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -89,6 +91,7 @@ MAX_INFERRED_CLASSES = 20
 MIN_ROWS = 10
 _CACHE_SIZE = 4
 _CHUNK_ROWS = 4096
+MAX_CSV_BYTES = 1 << 30  # California housing is 1.4 MB
 _MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 
 
@@ -512,48 +515,73 @@ def _find_idx(folder: Path, base: str) -> Path | None:
     return None
 
 
-def _read_maybe_gzip(path: Path, task: str) -> bytes:
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise TaskError(
-                f"{task}: {str(path)!r} looks gzip-compressed but is corrupt: {exc}"
-            ) from None
-    if path.suffix == ".gz":
-        raise TaskError(
-            f"{task}: {str(path)!r} is named .gz but is not gzip data (it starts with "
-            f"{data[:4]!r}); expected a gzip-compressed IDX file"
-        )
-    return data
+# An IDX file larger than this is not MNIST-like data this trainer can hold (MNIST's largest
+# file is 47 MB); deflate cannot expand more than ~1032:1, so a header that claims more than
+# that of its .gz is a lie, found before anything is allocated.
+MAX_IDX_BYTES = 1 << 30
+_GZIP_MAX_RATIO = 1100
 
 
 def _read_idx(path: Path, magic_expected: int) -> np.ndarray:
-    data = _read_maybe_gzip(path, "mnist")
+    """An unsigned-byte IDX array, plain or gzip, its sizes checked against the header first."""
     ndim = magic_expected & 0xFF
     header = 4 + 4 * ndim
     what = "images (3 dimensions: count, rows, cols)" if ndim == 3 else "labels (1 dimension)"
-    if len(data) < header:
+    try:
+        file_size = path.stat().st_size
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            if not gzipped and path.suffix == ".gz":
+                raise TaskError(
+                    f"mnist: {str(path)!r} is named .gz but is not gzip data (it starts with "
+                    f"{raw.read(4)!r}); expected a gzip-compressed IDX file"
+                )
+            stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            head = stream.read(header)
+            if len(head) < header:
+                raise TaskError(
+                    f"mnist: {str(path)!r} is too short for an IDX header ({len(head)} bytes); "
+                    f"expected an IDX file of unsigned-byte {what}"
+                )
+            (magic,) = struct.unpack(">i", head[:4])
+            if magic != magic_expected:
+                raise TaskError(
+                    f"mnist: {str(path)!r} has IDX magic number {magic}, expected "
+                    f"{magic_expected} (unsigned-byte {what}); is it the right file, or "
+                    "compressed with something other than gzip?"
+                )
+            dims = struct.unpack(">" + "I" * ndim, head[4:header])
+            size = math.prod(dims)
+            if size > MAX_IDX_BYTES:
+                raise TaskError(
+                    f"mnist: {str(path)!r} declares dimensions {dims} ({size:,} bytes), more "
+                    f"than the {MAX_IDX_BYTES:,} accepted; the header is corrupt"
+                )
+            if gzipped and size > _GZIP_MAX_RATIO * file_size + 4096:
+                raise TaskError(
+                    f"mnist: {str(path)!r} declares dimensions {dims} ({size:,} bytes) but is a "
+                    f"gzip file of {file_size:,} bytes, which cannot hold that; the header is "
+                    "corrupt"
+                )
+            if not gzipped and file_size - header != size:
+                raise TaskError(
+                    f"mnist: {str(path)!r} declares dimensions {dims} ({size} bytes of data) but "
+                    f"holds {file_size - header} bytes after the header; the file is truncated "
+                    "or corrupt"
+                )
+            data = stream.read(size + 1)  # one byte more reveals data beyond the header's size
+    except (OSError, EOFError, zlib.error) as exc:
         raise TaskError(
-            f"mnist: {str(path)!r} is too short for an IDX header ({len(data)} bytes); expected "
-            f"an IDX file of unsigned-byte {what}"
-        )
-    (magic,) = struct.unpack(">i", data[:4])
-    if magic != magic_expected:
-        raise TaskError(
-            f"mnist: {str(path)!r} has IDX magic number {magic}, expected {magic_expected} "
-            f"(unsigned-byte {what}); is it the right file, or compressed with something "
-            "other than gzip?"
-        )
-    dims = struct.unpack(">" + "I" * ndim, data[4:header])
-    size = math.prod(dims)
-    if len(data) - header != size:
+            f"mnist: {str(path)!r} cannot be read, or looks gzip-compressed but is corrupt: {exc}"
+        ) from None
+    if len(data) != size:
+        found = f"{len(data)} bytes" if len(data) < size else "more bytes"
         raise TaskError(
             f"mnist: {str(path)!r} declares dimensions {dims} ({size} bytes of data) but holds "
-            f"{len(data) - header} bytes after the header; the file is truncated or corrupt"
+            f"{found} after the header; the file is truncated or corrupt"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _load_mnist(arg: str | None, seed: int) -> _Raw:
@@ -739,12 +767,16 @@ def _read_csv(path_text: str, task: str, expected: str) -> tuple[Path, list[str]
         raise TaskError(f"{task}: the file {str(path)!r} does not exist; expected {expected}")
     if not path.is_file():
         raise TaskError(f"{task}: {str(path)!r} is not a file; expected {expected}")
+    from inag.safe_io import InputError, read_text
+
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            lines = [row for row in csv.reader(handle)]
-    except (UnicodeDecodeError, csv.Error) as exc:
+        text = read_text(path, f"a UTF-8 CSV ({expected})", max_bytes=MAX_CSV_BYTES)
+        lines = list(csv.reader(io.StringIO(text, newline="")))
+    except InputError as exc:
+        raise TaskError(f"{task}: {exc}") from None
+    except csv.Error as exc:
         raise TaskError(
-            f"{task}: {str(path)!r} is not a readable UTF-8 CSV ({exc}); expected {expected}"
+            f"{task}: {str(path)!r} is not a readable CSV ({exc}); expected {expected}"
         ) from None
     nonblank = [(i + 1, row) for i, row in enumerate(lines) if any(c.strip() for c in row)]
     if not nonblank:
