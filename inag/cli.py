@@ -203,21 +203,15 @@ def platforms_detect(
     import yaml
 
     from inag.platform import freeze_detected, load_platform
+    from inag.safe_io import atomic_write_text, check_writable
 
-    if out.is_dir():
-        raise CliError(f"--out: {out} is a directory; give a file path such as my_host.yaml")
+    check_writable(out, "the descriptor (--out)")
     data = freeze_detected(base, name)
     text = (
         "# Frozen by `inag platforms detect`: the numbers of one machine; re-run it on another.\n"
         + yaml.safe_dump(data, sort_keys=False, width=100)
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(out)
-    except OSError as exc:
-        raise CliError(f"--out: cannot write {out}: {exc.strerror}") from None
+    atomic_write_text(out, text)
     p = load_platform(out)
     typer.echo(
         f"wrote {out} ({p.name}: {p.capability.cpu}, {p.capability.isa}, "

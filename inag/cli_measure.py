@@ -51,21 +51,9 @@ def _console() -> Any:
 
 def _check_writable(path: Path, what: str) -> None:
     """Before long work: the output can be written (never lose a run to a bad path)."""
-    if path.is_dir():
-        raise CliError(f"{what}: {path} is a directory; give a file path")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", delete=True):
-            pass
-    except OSError as exc:
-        raise CliError(f"{what}: cannot write to {parent}: {exc.strerror or exc}") from None
+    from inag.safe_io import check_writable
 
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)  # type: ignore[operator]
-    os.replace(tmp, path)
+    check_writable(path, what)
 
 
 # ---------------------------------------------------------------------------- measure run
@@ -406,7 +394,9 @@ def measure_export(
     rows = _select_rows(db, _platform_name(platform), device, runtime, None)
     with MeasurementStore(db, create=False) as store:
         text = store.to_csv(rows)
-    _atomic_write(csv_out, text)
+    from inag.safe_io import atomic_write_text
+
+    atomic_write_text(csv_out, text)
     typer.echo(f"wrote {len(rows)} rows to {csv_out}")
 
 
@@ -518,21 +508,22 @@ def _raw(platform: str) -> dict[str, Any]:
 def _write_platform_yaml(out: Path, data: dict[str, Any], name: str) -> None:
     import yaml
 
-    from inag.platform import PlatformError, load_platform
+    from inag.platform import PlatformError
 
     text = (
         f"# Calibrated by `inag calibrate` from measurements of {name}; fitted numbers say\n"
         "# `kind: measured` and their source names the device, date, nets and held-out error.\n"
         + yaml.safe_dump(data, sort_keys=False, width=100)
     )
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    try:
-        load_platform(tmp)  # what we write must validate
+    from inag.safe_io import atomic_write_text
+
+    try:  # what we write must validate
+        from inag.platform import platform_from_dict
+
+        platform_from_dict(yaml.safe_load(text), str(out))
     except PlatformError as exc:
-        tmp.unlink(missing_ok=True)
         raise CliError(f"the calibrated descriptor does not validate (a bug): {exc}") from None
-    os.replace(tmp, out)
+    atomic_write_text(out, text)
 
 
 def _scatter(png: Path, result: Any, name: str, dev: str, rt: str, origin: str) -> None:
