@@ -1073,6 +1073,10 @@ def select(
             f"({len(sel.bag.archs)} distinct) -> "
             + " -> ".join(f"{f.name} {f.kept}" for f in sel.funnel)
         )
+        cal = next((p.calibration for p in plats if p.name == sel.platform), None)
+        if cal is not None:
+            con.print(f"  {cal.summary()}")
+            record["calibration"] = cal.summary()
         recs = sel.records(m, top)
         t = Table(show_edge=False)
         cols = ["#", "architecture", "est. perf", "Dist_f"]
