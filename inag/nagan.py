@@ -21,6 +21,7 @@ measured alternatives: straight-through snapping collapsed to one architecture).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from inag.arch import ArchSpec
+from inag.safe_io import atomic_write_bytes, load_json
 from inag.space import SearchSpace, space_from_dict
 
 ARTIFACT_FORMAT = "inag-nagan-v1"
@@ -205,7 +207,7 @@ class Nagan:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         tensors = {}
         for name, mod in (
@@ -228,10 +230,7 @@ class Nagan:
         }
         meta["meta_sha256"] = _meta_hash(meta)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        atomic_write_bytes(path, save(tensors, metadata=meta))
         return path
 
     @staticmethod
@@ -263,17 +262,35 @@ class Nagan:
                 f"{path}: weights do not match the recorded content hash "
                 "(the file was modified after it was written)"
             )
-        if "meta_sha256" in meta and meta["meta_sha256"] != _meta_hash(meta):
+        if "meta_sha256" not in meta:
+            raise ModelError(
+                f"{path}: no metadata hash (meta_sha256); the space, task and p_min/P_R cannot "
+                "be checked, so the artifact is refused (retrain it with `inag train`)"
+            )
+        if meta["meta_sha256"] != _meta_hash(meta):
             raise ModelError(
                 f"{path}: metadata (space, task, p_min/P_R, config) does not match the recorded "
                 "metadata hash (the file was modified after it was written)"
             )
         try:
-            space = space_from_dict(json.loads(meta["space"]), source=f"{path} (space)")
-            config = NaganConfig(**json.loads(meta["config"]))
+            space = space_from_dict(
+                load_json(meta["space"], f"{path} (space)"), source=f"{path} (space)"
+            )
+            config = _config_from(load_json(meta["config"], f"{path} (config)"))
+            info = load_json(meta.get("info", "{}"), f"{path} (info)")
             p_min, p_range = float(meta["p_min"]), float(meta["p_range"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{path}: metadata is incomplete or invalid: {exc}") from None
+        if not math.isfinite(p_min) or not math.isfinite(p_range) or p_range <= 0:
+            raise ModelError(
+                f"{path}: metadata p_min={p_min!r}, p_range={p_range!r}; expected finite "
+                "numbers with p_range > 0"
+            )
+        if not isinstance(info, dict):
+            raise ModelError(f"{path}: metadata 'info' must be an object")
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ModelError(f"{path}: tensor {name!r} holds NaN or infinite weights")
         if expect_space is not None and space.to_dict() != expect_space.to_dict():
             raise ModelError(
                 f"{path} was trained on space {space.name!r} ({space.kind}, input "
@@ -304,8 +321,46 @@ class Nagan:
             p_range,
             config,
             *model,
-            meta=json.loads(meta.get("info", "{}")),
+            meta=info,
         )
+
+
+# A crafted artifact must not make _build allocate terabytes: the bundled and default
+# configurations use at most 256 hidden units and 16 latent dimensions.
+MAX_HIDDEN = 1 << 13
+MAX_LATENT = 1 << 10
+
+
+def _config_from(data: Any) -> NaganConfig:
+    """NaganConfig of an artifact's metadata, every field type- and range-checked."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config must be an object, found {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(NaganConfig)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"config has unknown field(s) {unknown}")
+    defaults = NaganConfig()
+    for key, value in data.items():
+        want = type(getattr(defaults, key))
+        ok = (
+            isinstance(value, bool)
+            if want is bool
+            else not isinstance(value, bool)
+            and isinstance(value, int | float if want is float else int)
+        )
+        if not ok or (want is float and not math.isfinite(value)):
+            raise ValueError(f"config.{key} must be a finite {want.__name__}, found {value!r}")
+    limits = {
+        "enc_hidden": MAX_HIDDEN,
+        "g_hidden": MAX_HIDDEN,
+        "d_hidden": MAX_HIDDEN,
+        "latent_dim": MAX_LATENT,
+    }
+    for key, hi in limits.items():
+        value = data.get(key, getattr(defaults, key))
+        if not 1 <= value <= hi:
+            raise ValueError(f"config.{key} must be in 1..{hi}, found {value}")
+    return NaganConfig(**data)
 
 
 def _content_hash(tensors: dict[str, torch.Tensor]) -> str:
