@@ -72,8 +72,12 @@ class DatasetStore:
 
     def __init__(self, path: str | Path, create: bool = False):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise DatasetError(f"{self.path} is a directory; expected a dataset file (SQLite)")
         if not create and not self.path.is_file():
             raise DatasetError(f"no dataset at {self.path} (create one with `inag sample`)")
+        if self.path.is_file():
+            check_dataset_file(self.path, allow_empty=create)
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -116,7 +120,15 @@ class DatasetStore:
 
     # ------------------------------------------------------------------ meta
     def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+        from inag.safe_io import InputError, load_json
+
+        out = {}
+        for k, v in self.conn.execute("SELECT key, value FROM meta"):
+            try:
+                out[k] = load_json(v, f"{self.path}: meta {k!r}")
+            except (InputError, TypeError) as exc:
+                raise DatasetError(f"{self.path} has a corrupt meta entry: {exc}") from None
+        return out
 
     def bind(self, meta: dict[str, Any]) -> None:
         """Record what this dataset is made of, or refuse if it was made of something else."""
@@ -247,10 +259,10 @@ class DatasetStore:
         }
 
     def export_csv(self, out: str | Path) -> int:
+        from inag.safe_io import atomic_open
+
         rows = self.rows(None)
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="") as fh:
+        with atomic_open(out) as fh:
             writer = csv.writer(fh)
             writer.writerow(
                 [
@@ -285,6 +297,47 @@ class DatasetStore:
                     ]
                 )
         return len(rows)
+
+
+_TABLES = {"meta", "runs"}
+
+
+def check_dataset_file(path: Path, allow_empty: bool = False) -> None:
+    """Refuse a file that is not an INAG dataset, opening it read-only so it stays untouched.
+
+    Opening read-write would add our tables to someone's unrelated SQLite file and switch it
+    to WAL. ``allow_empty`` accepts an empty file or an SQLite file without tables (a new
+    dataset is created in it).
+    """
+    from urllib.parse import quote
+
+    if path.stat().st_size == 0:
+        if allow_empty:
+            return
+        raise DatasetError(f"{path} is an empty file, not an INAG dataset")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            has_version = bool(tables >= _TABLES) and bool(
+                conn.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone()
+                or not conn.execute("SELECT 1 FROM meta").fetchone()
+            )
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise DatasetError(f"{path} is not an INAG dataset (SQLite said: {exc})") from None
+    if not tables and allow_empty:
+        return
+    if not has_version:
+        found = ", ".join(sorted(tables)[:10]) or "none"
+        raise DatasetError(
+            f"{path} is not an INAG dataset: expected the tables meta and runs written by "
+            f"`inag sample`, found tables: {found}; the file was not modified"
+        )
 
 
 def _short(v: Any) -> str:
