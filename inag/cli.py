@@ -7,6 +7,7 @@ that need them, so ``inag platforms list`` starts fast.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -557,6 +558,9 @@ def sample(
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    if workers is not None and workers < 1:
+        raise CliError(f"--workers must be at least 1, found {workers}")
+    _check_db_out(db)
     if backend == "local":
         be: Any = LocalBackend(workers)
     elif backend == "ray":
@@ -647,7 +651,9 @@ def dataset_export(
 ) -> None:
     """Write every row (ok and failed) as CSV."""
     from inag.dataset import DatasetStore
+    from inag.safe_io import check_writable
 
+    check_writable(csv_out, "the CSV")
     with DatasetStore(db) as store:
         count = store.export_csv(csv_out)
     typer.echo(f"wrote {count} rows to {csv_out}")
@@ -696,10 +702,19 @@ def train(
 
     from inag.dataset import DatasetStore
     from inag.nagan import NaganConfig, fit_nagan
+    from inag.safe_io import check_writable
 
+    if limit is not None and limit < 1:
+        raise CliError(f"--limit must be at least 1, found {limit}")
+    check_writable(out, "the NAGAN artifact")
     with DatasetStore(db) as store:
         archs, perf = store.archs_and_performance()
         meta = store.meta()
+    missing = [k for k in ("task", "task_kind", "space", "trainer", "data_seed") if k not in meta]
+    if missing:
+        raise CliError(
+            f"{db}: the dataset records no {', '.join(missing)}; rebuild it with `inag sample`"
+        )
     if limit is not None:
         archs, perf = archs[:limit], perf[:limit]
     space = _dataset_space(meta)
@@ -769,15 +784,15 @@ def generate(
     out: Annotated[Path | None, typer.Option(help="JSON-lines file (default: stdout).")] = None,
 ) -> None:
     """Generate a bag of architectures for a target; JSON lines with estimate and Dist_f."""
-    m = _load_model(model)
+    from inag.safe_io import atomic_open, check_writable
+
     if (condition is None) == (perf is None):
         raise CliError("give exactly one of --condition (normalized) or --perf (raw)")
-    c = float(m.normalize(perf)) if perf is not None else float(condition)  # type: ignore[arg-type]
-    if not -0.5 <= c <= 1.5:
-        raise CliError(
-            f"condition {c:.3f} is far outside the model's range [0, 1] (p_min="
-            f"{m.p_min:.4f}, P_R={m.p_range:.4f})"
-        )
+    if out:
+        check_writable(out, "the generated bag")
+    m = _load_model(model)
+    _check_bag_size(n, m, "generate")
+    c = _target_condition(m, perf, condition)
     bag = m.generate(c, n, seed=seed)
     est = m.estimate(bag)
     lines = [
@@ -794,8 +809,9 @@ def generate(
         for a, e in zip(bag, est, strict=True)
     ]
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(lines) + "\n")
+        with atomic_open(out) as fh:
+            for ln in lines:
+                fh.write(ln + "\n")
     else:
         for ln in lines:
             typer.echo(ln)
@@ -838,9 +854,13 @@ def evaluate(
     from inag.evaluate import evaluate as run_eval
     from inag.evaluate import noise_floor, write_report
     from inag.nagan import fit_nagan
+    from inag.safe_io import check_writable_dir
     from inag.trainer import TrainerConfig
 
+    check_writable_dir(out, "the evaluation report")
+    sizes_list = _int_list_option(train_sizes, "--train-sizes") if train_sizes else []
     m = _load_model(model)
+    _check_bag_size(n, m, "evaluate")
     db = m.meta.get("dataset")
     if not db or not Path(db).is_file():
         raise CliError(
@@ -887,7 +907,7 @@ def evaluate(
             extra["noise floor (mean |p - mean p| / P_R, 5 seeds)"] = f"{nf * 100:.2f} %"
         sizes: list[tuple[int, float]] = []
         if train_sizes:
-            for size in [int(s) for s in train_sizes.split(",")]:
+            for size in sizes_list:
                 cfg = replace(m.config, seed=seed)
                 sub, _ = fit_nagan(
                     m.space,
@@ -983,16 +1003,31 @@ def select(
 ) -> None:
     """Generate one bag for a target and keep, per platform, the nets that fit its budgets."""
     from inag.platform import load_platform
+    from inag.safe_io import atomic_write_text, check_writable
     from inag.select import SelectionError, limit_overrides
     from inag.select import select as run_select
     from inag.select import verify as verify_top
 
     t_load = time.perf_counter()
-    m = _load_model(model or default_model_path())
-    plats = [load_platform(p) for p in platform]
     if perf is not None and condition is not None:
         raise CliError("give at most one of --perf (raw) and --condition (normalized)")
-    c = float(m.normalize(perf)) if perf is not None else (0.9 if condition is None else condition)
+    if not math.isfinite(step) or step <= 0:
+        raise CliError(
+            f"--step must be a positive number (the re-conditioning step), found {step}"
+        )
+    if not math.isfinite(floor) or not 0 <= floor <= 1:
+        raise CliError(f"--floor must be in [0, 1], found {floor}")
+    if not math.isfinite(threshold) or threshold < 0:
+        raise CliError(f"--threshold must be a non-negative number, found {threshold}")
+    if json_out:
+        check_writable(json_out, "the selection JSON")
+    if plot:
+        check_writable(plot, "the plot")
+    plats = [load_platform(p) for p in platform]
+    _check_unique_platforms(plats, platform)
+    m = _load_model(model or default_model_path())
+    _check_bag_size(n, m, "select")
+    c = _target_condition(m, perf, 0.9 if perf is None and condition is None else condition)
     overrides = limit_overrides(
         max_storage,
         max_energy,
@@ -1101,8 +1136,8 @@ def select(
         con.print(t)
         record["selected"] = recs
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(
+        atomic_write_text(
+            json_out,
             json.dumps(
                 {
                     "model": str(model or default_model_path()),
@@ -1115,7 +1150,7 @@ def select(
                     "selected": next((r["selected"] for r in records if r["selected"]), []),
                 },
                 indent=2,
-            )
+            ),
         )
         con.print(f"wrote {json_out}")
     if plot:
@@ -1158,9 +1193,101 @@ def _pareto_plot(sels: Any, m: Any, path: Path) -> None:
     ax.set_title(f"{m.task}: generated bag at c={bag.condition:.2f}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    from inag.safe_io import atomic_open
+
+    with atomic_open(path, binary=True) as fh:
+        fig.savefig(fh, dpi=110, format="png")
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- argument checks
+# A bag holds every generated encoding (float32) plus its canonical copy, the decoded
+# architectures and their cost table; measured at ~2 KB per net for the bundled MLP space.
+MAX_BAG = 1_000_000
+_BAG_BYTES_PER_SLOT = 64
+
+
+def _check_bag_size(n: int, m: Any, command: str) -> None:
+    """Refuse a bag so large the process would be killed for memory, saying what it needs."""
+    need = n * (1024 + _BAG_BYTES_PER_SLOT * m.space.dim)
+    if n > MAX_BAG:
+        raise CliError(
+            f"{command} -n {n:,} would need about {_human_bytes(need)} of memory "
+            f"(~{_human_bytes(need // n)} per generated architecture); at most {MAX_BAG:,} "
+            "per run: use several runs with different --seed"
+        )
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def _target_condition(m: Any, perf: float | None, condition: float | None) -> float:
+    """The normalized target of --perf or --condition, refused outside the model's range.
+
+    The generator has only seen conditions in [0, 1] (its dataset's worst to best); far
+    outside them it returns nonsense, and select would re-condition thousands of times.
+    """
+    lo, hi = m.p_min, m.p_min + m.p_range
+    if perf is not None:
+        c = float(m.normalize(perf))
+        if not math.isfinite(c) or not -1e-9 <= c <= 1 + 1e-9:
+            raise CliError(
+                f"--perf {perf:g} is outside the model's observed range: its dataset's "
+                f"performance spans {lo:.4f}..{hi:.4f} "
+                f"(p_min={m.p_min:.4f}, P_R={m.p_range:.4f}); "
+                "ask for a value in that range"
+            )
+        return min(max(c, 0.0), 1.0)
+    assert condition is not None
+    if not math.isfinite(condition) or not 0 <= condition <= 1:
+        raise CliError(
+            f"--condition {condition:g} is far outside the model's range [0, 1] (c = 0 is its "
+            f"dataset's lowest performance {lo:.4f}, c = 1 its highest {hi:.4f})"
+        )
+    return float(condition)
+
+
+def _check_unique_platforms(plats: list[Any], given: list[str]) -> None:
+    """Picks are keyed by platform name: two files with one name would swap their results."""
+    seen: dict[str, str] = {}
+    for p, arg in zip(plats, given, strict=True):
+        if p.name in seen:
+            raise CliError(
+                f"two platforms are named {p.name!r} ({seen[p.name]} and {arg}); selections "
+                "are reported by name, so give each platform file its own `name:`"
+            )
+        seen[p.name] = arg
+
+
+def _int_list_option(text: str, option: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise CliError(
+            f"{option} expects positive integers separated by commas, found {text!r}"
+        ) from None
+    if any(v < 1 for v in vals):
+        raise CliError(f"{option} expects positive integers, found {text!r}")
+    return vals
+
+
+def _check_db_out(db: Path) -> None:
+    """The dataset path of `inag sample`: writable, and a dataset if it exists (checked before
+    any training, without modifying a foreign file)."""
+    from inag.dataset import DatasetError, check_dataset_file
+    from inag.safe_io import check_writable
+
+    check_writable(db, "the dataset")
+    if db.is_file():
+        try:
+            check_dataset_file(db, allow_empty=True)
+        except DatasetError as exc:
+            raise CliError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------- entry point

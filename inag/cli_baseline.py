@@ -94,8 +94,11 @@ def baseline(
     """
     from inag.baselines import EVALUATORS, METHODS, BaselineError, search
     from inag.platform import load_platform
+    from inag.safe_io import atomic_write_text, check_writable
     from inag.select import limit_overrides
 
+    if json_out is not None:
+        check_writable(json_out, "the baseline JSON")
     if method not in METHODS:
         raise CliError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
     if evaluator not in EVALUATORS:
@@ -172,8 +175,7 @@ def baseline(
             "selected": [{"rank": 1, **report_final.to_dict(history=False)["best"]}],
             "created": time.time(),
         }
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(data, indent=2))
+        atomic_write_text(json_out, json.dumps(data, indent=2))
         con.print(f"wrote {json_out}")
 
 
