@@ -103,6 +103,7 @@ def measure_rpc(
     path = Path(lib_path)
     if not path.is_file():
         raise ExportError(f"no library {str(path)!r} to measure")
+    _reachable(*(tracker.rpartition(":")[::2] if tracker else (host, port)), tracker)
     try:
         if tracker:
             t_host, _, t_port = tracker.rpartition(":")
@@ -141,6 +142,27 @@ def measure_rpc(
         ) from None
     res = _time(lib, remote.cpu(), x_codes, number, repeats)
     return _summarize(where, len(x_codes), number, res)
+
+
+def _reachable(host: str, port: str | int, tracker: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message (TVM itself retries a refused connection for a minute
+    and logs every attempt)."""
+    import socket
+
+    what = f"tracker {tracker}" if tracker else f"TVM RPC server {host}:{port}"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        hint = (
+            f"start it with `python -m tvm.exec.rpc_tracker --host {host} --port {port}`"
+            if tracker
+            else f"start it with `python -m tvm.exec.rpc_server --host {host} --port {port}`"
+        )
+        raise ExportError(
+            f"cannot reach the {what}: {exc.strerror or exc}; check that it runs and listens "
+            f"there ({hint})"
+        ) from None
 
 
 def measure_platform(
