@@ -20,6 +20,7 @@ import numpy as np
 
 from inag.arch import ArchSpec
 from inag.nagan import Nagan
+from inag.safe_io import atomic_open, atomic_write_text
 from inag.tasks import load_task
 from inag.trainer import BatchedMLPTrainer, TrainerConfig
 
@@ -220,6 +221,12 @@ def noise_floor(
     return float(np.mean(np.abs(perf - perf.mean(axis=0))) / p_range)
 
 
+def _save_png(fig: Any, path: Any) -> None:
+    """A plot written atomically (a half-written PNG never replaces a good one)."""
+    with atomic_open(path, binary=True) as fh:
+        fig.savefig(fh, dpi=110, format="png")
+
+
 def write_report(
     report: EvalReport,
     model: Nagan,
@@ -254,7 +261,7 @@ def write_report(
     ax.set_title(f"{report.task}: achieved vs requested (K={report.k} per c)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "achieved_vs_requested.png", dpi=110)
+    _save_png(fig, out / "achieved_vs_requested.png")
     plt.close(fig)
     files.append("achieved_vs_requested.png")
     if sizes:
@@ -265,7 +272,7 @@ def write_report(
         ax.set_ylabel("mDist_r (%)")
         ax.set_title(f"{report.task}: mDist_r vs dataset size (Fig. 4a)")
         fig.tight_layout()
-        fig.savefig(out / "mdist_vs_size.png", dpi=110)
+        _save_png(fig, out / "mdist_vs_size.png")
         plt.close(fig)
         files.append("mdist_vs_size.png")
     lines = [
@@ -320,5 +327,5 @@ def write_report(
         else f"NAGAN does NOT have the lowest mDist_r: {best} does."
     )
     lines += ["", f"**Verdict:** {verdict}", "", *(f"![{f}]({f})" for f in files)]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return ["report.md", *files]
