@@ -422,6 +422,8 @@ MAX_SPACE_DEPTH = 64
 MAX_CHOICES = 256
 MAX_INPUT_ELEMENTS = 1 << 26
 MAX_OUTPUT_SIZE = 1 << 16
+MAX_CNN_SIDE = 1024
+MAX_CONV_COMBOS = 64
 _TOP_KEYS = (
     "schema_version",
     "name",
@@ -530,6 +532,12 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
                 raise SpaceError(f"{where}.kernels: must be odd, found {list(kw['kernels'])}")
             kw["strides"] = _int_list(bd, "strides", where, 1, 8) if "strides" in bd else (1,)
             kw["pools"] = _int_list(bd, "pools", where, 1, 8) if "pools" in bd else (1,)
+            combos = len(kw["kernels"]) * len(kw["strides"]) * len(kw["pools"])
+            if combos > MAX_CONV_COMBOS:
+                raise SpaceError(
+                    f"{where}: {combos} kernel x stride x pool combinations, more than the "
+                    f"{MAX_CONV_COMBOS} accepted (counting the space's size grows with them)"
+                )
             if 1 not in kw["strides"] or 1 not in kw["pools"]:
                 raise SpaceError(
                     f"{where}: strides and pools must include 1 (so any stack can "
@@ -550,6 +558,11 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
         raise SpaceError(
             f"{source}: input_shape {brief(shape)} has {math.prod(shape):,} elements, more "
             f"than the {MAX_INPUT_ELEMENTS:,} accepted"
+        )
+    if kind == "cnn" and (len(shape) != 3 or max(shape[1:]) > MAX_CNN_SIDE):
+        raise SpaceError(
+            f"{source}: a cnn space needs input_shape [C, H, W] with H, W <= {MAX_CNN_SIDE}, "
+            f"found {brief(shape)}"
         )
     out_size = data.get("output_size")
     if isinstance(out_size, bool) or not isinstance(out_size, int) or out_size < 1:
