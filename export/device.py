@@ -488,6 +488,20 @@ FW_FLAGS = (
 )
 
 
+def _link(cmd: list[str], board: Board) -> None:
+    try:
+        c_export._run(cmd)
+    except ExportError as exc:
+        m = re.search(r"region [`']?(FLASH|RAM)'? overflowed by (\d+) bytes", str(exc))
+        if not m:
+            raise
+        size = board.flash_bytes if m.group(1) == "FLASH" else board.ram_bytes
+        raise DeviceError(
+            f"the measurement firmware does not fit {board.name}: {m.group(1)} ({size} bytes) "
+            f"overflowed by {m.group(2)} bytes; pick a smaller network or a larger board"
+        ) from None
+
+
 def build_measure_firmware(
     net: QuantizedNet,
     out_dir: Path,
@@ -519,7 +533,7 @@ def build_measure_firmware(
     obj = out_dir / f"{prefix}.o"
     c_export._run([gcc, *FW_FLAGS, "-c", "-o", str(obj), str(out_dir / f"{prefix}.c")])
     elf = out_dir / "firmware.elf"
-    c_export._run(
+    _link(
         [
             gcc,
             *FW_FLAGS,
@@ -535,7 +549,8 @@ def build_measure_firmware(
             str(out_dir / "harness.c"),
             str(obj),
             "-lgcc",
-        ]
+        ],
+        board,
     )
     binary = out_dir / "firmware.bin"
     c_export._run([objcopy, "-O", "binary", str(elf), str(binary)])
@@ -912,7 +927,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def qemu_command(elf: Path, port: int) -> list[str]:
+def qemu_command(elf: Path, port: int, icount_shift: int = ICOUNT_SHIFT) -> list[str]:
     return [
         QEMU_ARM,
         "-M",
@@ -921,7 +936,7 @@ def qemu_command(elf: Path, port: int) -> list[str]:
         "-monitor",
         "none",
         "-icount",
-        f"shift={ICOUNT_SHIFT},align=off,sleep=off",
+        f"shift={int(icount_shift)},align=off,sleep=off",
         "-serial",
         f"tcp:127.0.0.1:{port},server=on,wait=on",
         "-kernel",
@@ -937,6 +952,7 @@ def measure_qemu(
     *,
     n_check: int = 4,
     work_dir: Path | None = None,
+    icount_shift: int = ICOUNT_SHIFT,
 ) -> dict[str, Any]:
     """Build the measurement firmware, run it on QEMU ``mps2-an386`` with ``-icount
     shift=0`` and its UART0 on a loopback TCP socket, read it with :func:`read_serial`, check
@@ -949,19 +965,25 @@ def measure_qemu(
     (counts × ``instructions_per_count``, a resolution of 40 instructions), ``counts`` the raw
     SysTick counts, ``sizes`` / ``model_sizes`` the ELF flash/RAM of the firmware and of the
     model object (:func:`export.c_export.elf_sizes`). Never device time.
+
+    ``icount_shift`` N makes one instruction 2^N ns of virtual time: a SysTick count is then
+    40 / 2^N instructions (N = 3: 5 instructions, a finer resolution; the default 0: 40).
+    ``timeout`` bounds the whole run: a large net needs (n_check + warmup + repeats) runs.
     """
+    if not 0 <= int(icount_shift) <= 5:
+        raise DeviceError(f"icount_shift must be 0..5 (got {icount_shift})")
     require_tool(ARM_GCC, "measuring on QEMU")
     qemu = require_tool(QEMU_ARM, "measuring on QEMU")
     with tempfile.TemporaryDirectory(prefix="inag_qemu_") as tmp:
         d = Path(work_dir) if work_dir is not None else Path(tmp)
         fw = build_measure_firmware(net, d, warmup, repeats, QEMU_MPS2_AN386, n_check)
-        lines = _run_qemu(qemu, fw["elf"], timeout)
+        lines = _run_qemu(qemu, fw["elf"], timeout, icount_shift)
     rep = parse_report(lines)
     where = f"QEMU {QEMU_MACHINE}"
     check = _check_outputs(rep, net, fw["inputs"], where)
     if rep["crc32"] != fw["expected_crc32"]:  # pragma: no cover - implied by the check
         raise DeviceError(f"{where}: checksum {rep['crc32']} != {fw['expected_crc32']}")
-    ns_per_instruction = float(1 << ICOUNT_SHIFT)
+    ns_per_instruction = float(1 << icount_shift)
     calib_counts, calib_instr = rep["calib"]
     measured = calib_instr / calib_counts if calib_counts else float("inf")
     if rep["counter"] == "systick":
@@ -970,7 +992,7 @@ def measure_qemu(
             raise DeviceError(
                 f"{where}: a loop of {calib_instr} instructions took {calib_counts} SysTick "
                 f"counts, {measured:.2f} instructions per count, not {ipc:g} (SysTick at "
-                f"{rep['clock_hz']} Hz, -icount shift={ICOUNT_SHIFT}): this QEMU's clocks "
+                f"{rep['clock_hz']} Hz, -icount shift={icount_shift}): this QEMU's clocks "
                 "differ from what the firmware assumes; update export.device.Board"
             )
     else:  # a QEMU that implements the DWT: use the calibration loop
@@ -979,7 +1001,7 @@ def measure_qemu(
     out: dict[str, Any] = {
         "origin": "emulated",
         "unit": "instructions",
-        "device": f"qemu-system-arm -M {QEMU_MACHINE} (cortex-m4) -icount shift={ICOUNT_SHIFT}",
+        "device": f"qemu-system-arm -M {QEMU_MACHINE} (cortex-m4) -icount shift={icount_shift}",
         "counter": rep["counter"],
         "instructions_per_count": ipc,
     }
@@ -1002,13 +1024,15 @@ def measure_qemu(
     return out
 
 
-def _run_qemu(qemu: str, elf: Path, timeout: float, attempts: int = 3) -> list[str]:
+def _run_qemu(
+    qemu: str, elf: Path, timeout: float, icount_shift: int = ICOUNT_SHIFT, attempts: int = 3
+) -> list[str]:
     """Run QEMU with UART0 on a free loopback port and read it; retry if the port was taken."""
     last = ""
     for _ in range(attempts):
         port = _free_port()
         err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
-        cmd = qemu_command(elf, port)
+        cmd = qemu_command(elf, port, icount_shift)
         cmd[0] = qemu
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err

@@ -359,3 +359,23 @@ def test_aarch64_tvm_library_is_an_aarch64_elf(tmp_path):
     assert raw[:4] == b"\x7fELF" and raw[4] == 2  # 64-bit
     assert int.from_bytes(raw[18:20], "little") == 183  # e_machine = EM_AARCH64
     assert r["elf"]["e_type"] == "DYN"
+
+
+@needs_qemu
+def test_finer_icount_shift_agrees(qemu_runs):
+    """-icount shift=3 makes a SysTick count 5 instructions instead of 40: same figure."""
+    net, r0 = qemu_runs[0]
+    r3 = device.measure_qemu(net, warmup=1, repeats=3, timeout=60, icount_shift=3)
+    assert r3["instructions_per_count"] == 5.0 and r3["bit_exact"] is True
+    assert abs(r3["median"] - r0["median"]) <= 40.0
+    with pytest.raises(device.DeviceError, match="icount_shift"):
+        device.measure_qemu(net, icount_shift=9)
+
+
+@needs_qemu
+def test_firmware_that_does_not_fit_the_board(tmp_path):
+    import dataclasses
+
+    tiny = dataclasses.replace(device.QEMU_MPS2_AN386, name="tiny", ram_bytes=64)
+    with pytest.raises(device.DeviceError, match="does not fit tiny: RAM"):
+        device.build_measure_firmware(small_net(), tmp_path, board=tiny)
