@@ -698,7 +698,7 @@ def read_serial(
         raise DeviceError(f"unknown serial backend {backend!r} (auto, pyserial or socket)")
     deadline = time.monotonic() + float(timeout)
     port = _Port(url, baudrate, deadline, backend, abort)
-    buf = b""
+    buf = raw = b""
     total = 0
     noise = 0
     lines: list[str] = []
@@ -724,6 +724,8 @@ def read_serial(
                     elif raw:
                         noise += 1
                     continue
+                if not raw:
+                    continue  # blank lines are harmless
                 if kind is None or kind == "begin":
                     raise DeviceError(
                         f"garbage from {url!r} after 'inag begin' (line {len(lines) + 1}: "
@@ -807,7 +809,9 @@ def parse_report(lines: list[str]) -> dict[str, Any]:
     }
     for line in lines[1:]:
         kind = _kind(line)
-        g = _PATTERNS[kind].fullmatch(line).groupdict()  # type: ignore[index,union-attr]
+        if kind in (None, "begin", "fault"):
+            raise DeviceError(f"not a line of one harness run: {line[:160]!r}")
+        g = _PATTERNS[kind].fullmatch(line).groupdict()  # type: ignore[union-attr]
         if kind == "output":
             rep["outputs"][int(g["i"])] = [int(v) for v in g["values"].split()]
         elif kind == "cycles":

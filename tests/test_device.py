@@ -205,7 +205,8 @@ def test_read_serial_good_lines_over_socket():
     net = small_net()
     lines = report(net)
     # boot noise and the tail of a cycle the reader joined late come before 'inag begin'
-    payload = b"boot rom v1.2\r\n\x00\xff\r\n" + as_bytes(lines[4:]) + as_bytes(lines)
+    payload = b"boot rom v1.2\r\n\x00\xff\r\n" + as_bytes(lines[4:])
+    payload += as_bytes(lines[:1]) + b"\r\n" + as_bytes(lines[1:])  # a blank line is harmless
     # split mid-line, sent in pieces, the server keeps the port open afterwards
     chunks = [payload[i : i + 7] for i in range(0, len(payload), 7)]
     with Server(chunks, close=False) as srv:
@@ -310,6 +311,8 @@ def test_corrupted_or_wrong_outputs():
         pytest.raises(device.DeviceError, match="differ from the reference"),
     ):
         device.measure_serial(srv.url, timeout=10, net=net, backend="socket")
+    with pytest.raises(device.DeviceError, match="not a line of one harness run"):
+        device.parse_report(report(net)[:2] + ["hello"] + report(net)[2:])
     with pytest.raises(device.DeviceError, match="promised 3"):
         device.parse_report([ln for ln in report(net) if ln != "inag cycles 990"])
 
