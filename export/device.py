@@ -895,9 +895,9 @@ def measure_serial(
     (default: :func:`harness_inputs` with the harness's ``n_check``, the firmware's default).
     Returns ``{"origin": "device", "unit": "cycles", "device", "counter", "clock_hz",
     "samples", "median", "mean", "min", "median_s", "warmup", "repeats", "overhead",
-    "calib", "crc32", "prefix", "outputs_checked", "bit_exact"}``; ``median_s`` is the median
-    divided by the clock the firmware was built for (``Board.cpu_hz``), ``bit_exact`` is None
-    when no ``net`` was given."""
+    "calib", "crc32", "prefix", "outputs_checked", "bit_exact"}`` (plus ``"expected_crc32"``
+    with ``net``); ``median_s`` is the median divided by the clock the firmware was built for
+    (``Board.cpu_hz``), ``bit_exact`` is None when no ``net`` was given."""
     lines = read_serial(url, timeout, max_bytes, baudrate=baudrate, backend=backend)
     rep = parse_report(lines)
     check: dict[str, Any] = {"outputs_checked": 0, "bit_exact": None}
@@ -965,8 +965,8 @@ def measure_qemu(
     Returns ``{"origin": "emulated", "unit": "instructions", "device", "counter",
     "instructions_per_count", "samples", "median", "mean", "min", "counts", "warmup",
     "repeats", "overhead", "calib", "crc32", "prefix", "outputs_checked", "bit_exact",
-    "sizes", "model_sizes", "versions"}``: ``samples`` are instructions per ``<prefix>_run``
-    (counts × ``instructions_per_count``, a resolution of 40 instructions), ``counts`` the raw
+    "expected_crc32", "sizes", "model_sizes", "versions"}``: ``samples`` are instructions per
+    ``<prefix>_run`` (counts × ``instructions_per_count``: 40 at shift 0), ``counts`` the raw
     SysTick counts, ``sizes`` / ``model_sizes`` the ELF flash/RAM of the firmware and of the
     model object (:func:`export.c_export.elf_sizes`). Never device time.
 
