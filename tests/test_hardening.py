@@ -1,0 +1,717 @@
+"""Hostile and careless input across the CLI (issue 16): every malformed file, output path and
+argument gets the one-paragraph ``error: ...`` and exit code 2 -- no traceback, no hang, no
+silent wrong answer -- and the message names the file or the field.
+
+A generated corpus of malformed files (bad encodings, duplicate keys, alias bombs, deep nesting,
+huge integers, wrong types, crafted artifacts, bad output paths) plus hypothesis strategies over
+the same surfaces. Runs in-process through ``inag.cli.main``; the cases that used to hang also
+run as subprocesses with a timeout.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from inag.cli import main
+from inag.safe_io import (
+    InputError,
+    atomic_write_text,
+    check_writable,
+    load_json,
+    load_yaml,
+    read_text,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+INAG = [sys.executable, "-c", "import sys; from inag.cli import main; sys.exit(main())"]
+
+GOOD_SPACE = {
+    "schema_version": 1,
+    "name": "tiny",
+    "kind": "mlp",
+    "bits": [2, 4, 8],
+    "dense": {"min_depth": 1, "max_depth": 2, "widths": [4, 8]},
+    "input_shape": [1],
+    "output_size": 1,
+    "output_bits": 8,
+}
+GOOD_ARCH = {
+    "kind": "mlp",
+    "input_shape": [1],
+    "output_size": 1,
+    "output_bits": 8,
+    "layers": [{"width": 8, "bits": 4}],
+}
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_error(code: int, err: str, *needles: str) -> None:
+    """Exit 2, one paragraph starting with 'error:', no traceback, every needle named."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    text = err.strip().splitlines()[-1] if err.strip() else ""
+    assert text.startswith("error: "), err
+    for n in needles:
+        assert n.lower() in text.lower(), (n, err)
+
+
+def space_text(**changes: object) -> str:
+    return yaml.safe_dump({**GOOD_SPACE, **changes}, sort_keys=False)
+
+
+def alias_bomb(levels: int = 9) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- corpus: spaces
+SPACE_CORPUS: dict[str, tuple[bytes, tuple[str, ...]]] = {
+    "utf16": (space_text().encode("utf-16"), ("utf16.yaml", "UTF-8", "0xff 0xfe", "UTF-16")),
+    "utf16_nobom": (space_text().encode("utf-16-le"), ("UTF-8", "NUL")),
+    "latin1": ((space_text() + "description: caf\xe9\n").encode("latin-1"), ("0xe9", "UTF-8")),
+    "binary": (bytes(range(256)) * 4, ("binary.yaml", "NUL")),
+    "duplicate_key": (
+        (space_text() + "bits: [2, 3]\n").encode(),
+        ("duplicate key 'bits'", "on lines 4 and 18"),
+    ),
+    "duplicate_nested": (
+        b"schema_version: 1\nkind: mlp\ndense:\n  max_depth: 2\n  max_depth: 3\n",
+        ("duplicate key 'max_depth'", "lines 4 and 5"),
+    ),
+    "alias_bomb": (alias_bomb().encode(), ("alias_bomb.yaml", "alias")),
+    "recursive_alias": (b"a: &a [1, *a]\n", ("recursive",)),
+    "deep_flow": (b"[" * 5000 + b"]" * 5000, ("deep_flow.yaml", "nested")),
+    "deep_block": ("".join(" " * i + "a:\n" for i in range(200)).encode(), ("nested",)),
+    "huge_int": (space_text(output_size=int("9" * 4000)).encode(), ("digits",)),
+    "huge_hex": (("output_size: 0x" + "f" * 600 + "\n").encode(), ("digits",)),
+    "depth_is_string": (
+        space_text(dense={"min_depth": 1, "max_depth": "2", "widths": [4]}).encode(),
+        ("max_depth",),
+    ),
+    "min_dpeth": (
+        space_text(dense={"min_dpeth": 1, "max_depth": 2, "widths": [4]}).encode(),
+        ("min_dpeth", "min_depth", "max_depth", "widths"),
+    ),
+    "output_bitz": (space_text(output_bitz=4).encode(), ("output_bitz", "output_bits")),
+    "output_bits_str": (space_text(output_bits="eight").encode(), ("output_bits",)),
+    "output_bits_float": (space_text(output_bits=7.5).encode(), ("output_bits",)),
+    "name_list": (space_text(name=[1, 2]).encode(), ("name",)),
+    "bool_depth": (
+        space_text(dense={"min_depth": True, "max_depth": 2, "widths": [4]}).encode(),
+        ("min_depth",),
+    ),
+    "absurd_depth": (
+        space_text(dense={"min_depth": 1, "max_depth": 10**9, "widths": [4]}).encode(),
+        ("max_depth", "64"),
+    ),
+    "many_widths": (
+        space_text(dense={"max_depth": 2, "widths": list(range(1, 5000))}).encode(),
+        ("widths", "choices"),
+    ),
+    "huge_input": (space_text(input_shape=[1 << 20, 1 << 20]).encode(), ("input_shape",)),
+    "huge_output": (space_text(output_size=10**12).encode(), ("output_size",)),
+    "cnn_huge_side": (
+        yaml.safe_dump(
+            {
+                **GOOD_SPACE,
+                "kind": "cnn",
+                "conv": {"max_depth": 2, "channels": [4], "kernels": [3]},
+                "dense": {"max_depth": 1, "widths": [4]},
+                "input_shape": [1, 2000, 2000],
+            }
+        ).encode(),
+        ("input_shape", "1024"),
+    ),
+    "not_mapping": (b"- 1\n- 2\n", ("mapping",)),
+    "empty": (b"", ("mapping",)),
+    "syntax": (b"kind: mlp\nbits: [2, 3\n", ("malformed YAML",)),
+    "tab_indent": (b"kind: mlp\n\tbits: [2]\n", ("malformed YAML",)),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", sorted(SPACE_CORPUS))
+def test_malformed_space_files(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, needles = SPACE_CORPUS[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_bytes(data)
+    for argv in (["space", "info", "--space", path], ["space", "sample", "--space", path]):
+        code, _, err = run(capsys, *argv)
+        assert_error(code, err, *needles)
+
+
+def test_space_path_is_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "space", "info", "--space", tmp_path)
+    assert_error(code, err, str(tmp_path), "directory")
+
+
+def test_space_info_prints_a_huge_but_valid_space(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(space_text(dense={"max_depth": 64, "widths": list(range(1, 257))}))
+    code, out, err = run(capsys, "space", "info", "--space", path)
+    assert code == 0, err
+    assert "e+" in out and "encoding length 192" in out
+
+
+def test_alias_bomb_and_absurd_depth_do_not_hang_as_a_process(tmp_path: Path) -> None:
+    for name, text in (
+        ("bomb.yaml", alias_bomb(12)),
+        ("deep.yaml", space_text(dense={"min_depth": 1, "max_depth": 10**12, "widths": [4]})),
+    ):
+        path = tmp_path / name
+        path.write_text(text)
+        proc = subprocess.run(
+            [*INAG, "space", "info", "--space", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert_error(proc.returncode, proc.stderr, name)
+        assert len(proc.stderr) < 2000  # the expanded value is never formatted
+
+
+# ---------------------------------------------------------------------------- corpus: arch JSON
+ARCH_CORPUS: dict[str, tuple[bytes, tuple[str, ...]]] = {
+    "utf16": (json.dumps(GOOD_ARCH).encode("utf-16"), ("utf16.json", "UTF-16")),
+    "latin1": (b'{"kind": "ml\xe9"}', ("latin1.json", "0xe9")),
+    "nul": (b'{"kind": "mlp"}\x00\x00', ("NUL",)),
+    "deep": (b"[" * 100000 + b"]" * 100000, ("nested",)),
+    "deep_object": (b'{"a":' * 3000 + b"1" + b"}" * 3000, ("nested",)),
+    "huge_int": (
+        json.dumps(GOOD_ARCH).replace('"output_size": 1', '"output_size": ' + "7" * 5000).encode(),
+        ("digits",),
+    ),
+    "empty": (b"\n\n", ("empty",)),
+    "not_json": (b"kind: mlp\n", ("not valid JSON",)),
+    "width_string": (
+        json.dumps({**GOOD_ARCH, "layers": [{"width": "8", "bits": 4}]}).encode(),
+        ("width",),
+    ),
+    "bits_nan": (b'{"kind": "mlp", "input_shape": [1], "output_size": 1, "layers": '
+                 b'[{"width": 8, "bits": NaN}]}', ("bits",)),
+    "lines_bad_second": (
+        (json.dumps(GOOD_ARCH) + "\n" + "[" * 500 + "\n").encode(),
+        ("line 2",),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(ARCH_CORPUS))
+def test_malformed_arch_files(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, needles = ARCH_CORPUS[case]
+    path = tmp_path / f"{case}.json"
+    path.write_bytes(data)
+    code, _, err = run(capsys, "cost", path, "--json")
+    assert_error(code, err, *needles)
+
+
+def test_arch_path_is_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "cost", tmp_path)
+    assert_error(code, err, str(tmp_path), "directory")
+
+
+def test_selection_json_for_export_is_read_safely(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from export.errors import ExportError
+    from inag.cli_export import read_arch
+
+    for name, data, needle in (
+        ("utf16.json", json.dumps({"selected": []}).encode("utf-16"), "UTF-16"),
+        ("deep.json", b"[" * 10000 + b"]" * 10000, "nested"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ExportError, match=needle):
+            read_arch(f"{path}#1")
+
+
+# ---------------------------------------------------------------------------- corpus: task files
+def _csv_cases() -> dict[str, tuple[bytes, tuple[str, ...]]]:
+    good = "x,y\n" + "".join(f"{i},{i * 2}\n" for i in range(20))
+    return {
+        "utf16": (good.encode("utf-16"), ("utf16.csv", "UTF-16")),
+        "latin1": (("x,y,caf\xe9\n" + good).encode("latin-1"), ("latin1.csv", "0xe9")),
+        "binary": (bytes(range(256)), ("binary.csv", "NUL")),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_csv_cases()))
+def test_malformed_csv_tasks(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, needles = _csv_cases()[case]
+    path = tmp_path / f"{case}.csv"
+    path.write_bytes(data)
+    db = tmp_path / "d.sqlite"
+    code, _, err = run(capsys, "sample", "--task", f"csv:{path}?target=y", "-n", 2, "--db", db)
+    assert_error(code, err, *needles)
+    assert not db.exists()
+
+
+def _write_mnist(folder: Path, images: bytes, labels: bytes) -> None:
+    folder.mkdir()
+    for split, n in (("train", 4), ("t10k", 2)):
+        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(images)
+        (folder / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">iI", 2049, n) + bytes(n))
+    del labels
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [("gzip_expands_beyond_header", "more bytes"), ("header_claims_terabytes", "accepted")],
+)
+def test_mnist_gzip_bombs(
+    case: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if case == "gzip_expands_beyond_header":
+        images = gzip.compress(struct.pack(">iIII", 2051, 4, 2, 2) + bytes(64 << 20))
+    else:
+        images = gzip.compress(struct.pack(">iIII", 2051, 10**9, 1000, 1000) + bytes(16))
+    folder = tmp_path / "mnist"
+    _write_mnist(folder, images, b"")
+    code, _, err = run(capsys, "sample", "--task", f"mnist:{folder}", "-n", 2, "--db",
+                       tmp_path / "d.sqlite")  # fmt: skip
+    assert_error(code, err, "train-images-idx3-ubyte.gz", needle)
+
+
+# ---------------------------------------------------------------------------- corpus: .nagan
+def _craft_nagan(
+    dest: Path,
+    meta_edit: Callable[[dict[str, str]], None] = lambda m: None,
+    tensor_edit: Callable[[dict], None] = lambda t: None,
+    rehash: bool = True,
+) -> Path:
+    """A copy of the bundled data_a generator, edited, with its hashes recomputed (a crafted
+    file, not a corrupt one: only the semantic checks can refuse it)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from inag.nagan import _content_hash, _meta_hash, bundled_models
+
+    src = bundled_models()["data_a"]
+    with safe_open(str(src), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    tensors = load_file(str(src))
+    tensor_edit(tensors)
+    meta_edit(meta)
+    if rehash:
+        meta["content_sha256"] = _content_hash(tensors)
+        if "meta_sha256" in meta:
+            meta["meta_sha256"] = _meta_hash(meta)
+    save_file(tensors, str(dest), metadata=meta)
+    return dest
+
+
+def _set(key: str, value: str) -> Callable[[dict[str, str]], None]:
+    return lambda m: m.__setitem__(key, value)
+
+
+def _config(**changes: object) -> Callable[[dict[str, str]], None]:
+    def edit(m: dict[str, str]) -> None:
+        m["config"] = json.dumps({**json.loads(m["config"]), **changes})
+
+    return edit
+
+
+def _nan_weight(tensors: dict) -> None:
+    name = next(k for k in sorted(tensors) if k.startswith("generator"))
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+
+
+NAGAN_CORPUS: dict[str, tuple[dict, tuple[str, ...]]] = {
+    "no_meta_hash": (
+        {"meta_edit": lambda m: (m.pop("meta_sha256"), m.__setitem__("p_min", "-5.0"))},
+        ("meta_sha256",),
+    ),
+    "p_range_zero": ({"meta_edit": _set("p_range", "0.0")}, ("p_range",)),
+    "p_range_negative": ({"meta_edit": _set("p_range", "-1.0")}, ("p_range",)),
+    "p_range_nan": ({"meta_edit": _set("p_range", "nan")}, ("p_range",)),
+    "p_min_inf": ({"meta_edit": _set("p_min", "inf")}, ("p_min",)),
+    "p_min_text": ({"meta_edit": _set("p_min", "low")}, ("metadata",)),
+    "terabyte_config": ({"meta_edit": _config(enc_hidden=10**7)}, ("enc_hidden",)),
+    "huge_latent": ({"meta_edit": _config(latent_dim=2**40)}, ("latent_dim",)),
+    "config_type": ({"meta_edit": _config(g_hidden="128")}, ("g_hidden",)),
+    "config_unknown": ({"meta_edit": _config(g_hiden=128)}, ("g_hiden",)),
+    "deep_info": ({"meta_edit": _set("info", "[" * 5000 + "]" * 5000)}, ("nested",)),
+    "huge_int_space": (
+        {"meta_edit": lambda m: m.__setitem__("space", m["space"].replace(
+            '"output_size": 1', '"output_size": ' + "9" * 5000))},
+        ("digits",),
+    ),
+    "space_typo": (
+        {"meta_edit": lambda m: m.__setitem__("space", m["space"].replace(
+            '"output_bits"', '"output_bitz"'))},
+        ("output_bitz",),
+    ),
+    "nan_weights": ({"tensor_edit": _nan_weight}, ("NaN",)),
+    "not_rehashed": ({"meta_edit": _set("p_min", "0.5"), "rehash": False}, ("hash",)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(NAGAN_CORPUS))
+def test_crafted_nagan_artifacts(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kwargs, needles = NAGAN_CORPUS[case]
+    path = _craft_nagan(tmp_path / f"{case}.nagan", **kwargs)
+    code, _, err = run(capsys, "generate", "--model", path, "--condition", 0.5, "-n", 5)
+    assert_error(code, err, f"{case}.nagan", *needles)
+
+
+def test_nagan_is_a_directory_or_garbage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "g.nagan"
+    garbage.write_bytes(b"\xff" * 64)
+    for model in (tmp_path, garbage):
+        code, _, err = run(capsys, "generate", "--model", model, "--condition", 0.5)
+        assert_error(code, err, str(model))
+
+
+# ---------------------------------------------------------------------------- output paths
+def _bad_outputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    ro = tmp_path / "readonly.json"
+    ro.write_text("keep me\n")
+    ro.chmod(0o444)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    return {
+        "directory": (tmp_path, "directory"),
+        "readonly": (ro, "read-only"),
+        "proc": (Path("/proc/inag-out.json"), "/proc"),
+        "sys": (Path("/sys/inag/out.json"), "/sys"),
+        "parent_is_a_file": (afile / "out.json", "not a directory"),
+    }
+
+
+def _output_commands(tmp_path: Path) -> dict[str, Callable[[Path], list[object]]]:
+    db = tmp_path / "none.sqlite"
+    return {
+        "select --json": lambda p: ["select", "--json", p],
+        "select --plot": lambda p: ["select", "--plot", p],
+        "generate --out": lambda p: ["generate", "--model", "data_a", "--condition", 0.5,
+                                     "--out", p],
+        "dataset export --csv": lambda p: ["dataset", "export", db, "--csv", p],
+        "sample --db": lambda p: ["sample", "--db", p, "-n", 2],
+        "train --out": lambda p: ["train", "--db", db, "--out", p],
+        "baseline --json": lambda p: ["baseline", "--method", "ga", "--evaluator", "encoder",
+                                      "--model", "data_a", "--budget-evals", 5, "--json", p],
+    }  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_bad_output_paths_fail_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    outs = _bad_outputs(tmp_path)
+    for command, argv in _output_commands(tmp_path).items():
+        for case, (path, needle) in outs.items():
+            t0 = time.perf_counter()
+            code, _, err = run(capsys, *argv(path))
+            assert_error(code, err, needle)
+            assert str(path) in err or needle in ("/proc", "/sys"), (command, case, err)
+            assert time.perf_counter() - t0 < 10, (command, case)  # refused before the work
+    assert (tmp_path / "readonly.json").read_text() == "keep me\n"
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_evaluate_out_dir_is_checked_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, needle in ((afile, "not a directory"), (Path("/proc/inag-report"), "/proc")):
+        code, _, err = run(capsys, "evaluate", "--model", "data_a", "--out", out)
+        assert_error(code, err, needle)
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
+    from inag.safe_io import atomic_open
+
+    path = tmp_path / "a.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_open(path) as fh:
+        fh.write("half")
+        raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    atomic_write_text(tmp_path / "new" / "b.txt", "new")
+    assert (tmp_path / "new" / "b.txt").read_text() == "new"
+
+
+def test_check_writable_accepts_new_files_under_missing_dirs(tmp_path: Path) -> None:
+    assert check_writable(tmp_path / "x" / "y" / "z.json", "it") == tmp_path / "x" / "y" / "z.json"
+    assert not (tmp_path / "x").exists()  # checking creates nothing
+
+
+# ---------------------------------------------------------------------------- argument checks
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["select", "--step", "0"], ("--step",)),
+        (["select", "--step", "-0.1"], ("--step",)),
+        (["select", "--step", "nan"], ("--step",)),
+        (["select", "--floor", "2"], ("--floor",)),
+        (["select", "--perf", "2.0"], ("--perf", "range")),
+        (["select", "--perf", "-7"], ("--perf", "range")),
+        (["select", "--condition", "100"], ("--condition", "[0, 1]")),
+        (["select", "--condition", "-0.2"], ("--condition", "[0, 1]")),
+        (["select", "--condition", "nan"], ("--condition",)),
+        (["select", "-n", "100000000"], ("-n", "memory", "GB")),
+        (["generate", "--model", "data_a", "--condition", "0.5", "-n", "100000000"],
+         ("-n", "memory")),
+        (["generate", "--model", "data_a", "--perf", "5"], ("--perf", "range")),
+        (["generate", "--model", "data_a", "--condition", "1.2"], ("--condition",)),
+        (["sample", "--workers", "0", "-n", "2"], ("--workers",)),
+        (["sample", "--workers", "-3", "-n", "2"], ("--workers",)),
+        (["train", "--db", "x.sqlite", "--out", "x.nagan", "--limit", "-5"], ("--limit",)),
+    ],
+)  # fmt: skip
+def test_bad_arguments(
+    argv: list[str],
+    needles: tuple[str, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert_error(code, err, *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_select_step_zero_does_not_hang_as_a_process(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*INAG, "select", "--step", "0", "--condition", "1.0", "--max-storage", "0.000001"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert_error(proc.returncode, proc.stderr, "--step")
+
+
+def test_two_platforms_with_one_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = (ROOT / "inag" / "platforms" / "cortex_m.yaml").read_text()
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(src)
+    b.write_text(src)
+    code, _, err = run(capsys, "select", "-p", a, "-p", b, "-n", 50)
+    assert_error(code, err, "cortex_m", "a.yaml", "b.yaml")
+    code, _, err = run(capsys, "select", "-p", "cortex_m", "-p", "cortex_m", "-n", 50)
+    assert_error(code, err, "cortex_m")
+
+
+# ---------------------------------------------------------------------------- foreign SQLite
+@pytest.mark.parametrize(
+    "argv",
+    [
+        lambda db, out: ["dataset", "info", db],
+        lambda db, out: ["dataset", "export", db, "--csv", out / "o.csv"],
+        lambda db, out: ["train", "--db", db, "--out", out / "m.nagan"],
+        lambda db, out: ["sample", "--db", db, "-n", 2],
+    ],
+)
+def test_foreign_sqlite_is_refused_untouched(
+    argv: Callable[[Path, Path], list[object]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "contacts.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE people (name TEXT)")
+    conn.execute("INSERT INTO people VALUES ('ada')")
+    conn.commit()
+    conn.close()
+    before = db.read_bytes()
+    code, _, err = run(capsys, *argv(db, tmp_path))
+    assert_error(code, err, "contacts.sqlite", "not an INAG dataset", "people")
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["contacts.sqlite"]  # no -wal, no -shm
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal"
+    conn.close()
+
+
+def test_not_sqlite_at_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "junk.sqlite"
+    db.write_bytes(b"\x00\xff" * 600)
+    for argv in (["dataset", "info", db], ["train", "--db", db, "--out", tmp_path / "m.nagan"]):
+        code, _, err = run(capsys, *argv)
+        assert_error(code, err, "junk.sqlite", "not an INAG dataset")
+
+
+# ---------------------------------------------------------------------------- readers, directly
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("a: 1\nb:\n  c: 1\n  c: 2\n", "duplicate key 'c' on lines 3 and 4"),
+        (alias_bomb(), "alias"),
+        ("x: " + "1" * 101, "101 digits"),
+        ("[" * 70 + "]" * 70, "nested"),
+        ("a: &a " + "[" * 40 + "]" * 40 + "\nb: " + "[" * 40 + "*a" + "]" * 40, "nest"),
+    ],
+)
+def test_load_yaml_refusals(text: str, needle: str) -> None:
+    with pytest.raises(InputError, match="src.yaml") as info:
+        load_yaml(text, "src.yaml")
+    assert needle in str(info.value)
+    assert len(str(info.value)) < 600
+
+
+def test_load_yaml_keeps_merge_keys_and_small_aliases() -> None:
+    data = load_yaml("base: &b {x: 1}\nd:\n  <<: *b\n  y: 2\nl: [*b, *b]\n", "ok.yaml")
+    assert data == {"base": {"x": 1}, "d": {"x": 1, "y": 2}, "l": [{"x": 1}, {"x": 1}]}
+    assert load_yaml("n: " + "9" * 100, "ok.yaml") == {"n": int("9" * 100)}
+
+
+def test_load_json_refusals_and_strings_with_brackets() -> None:
+    assert load_json('{"a": "[[[[{{{{' + "[" * 100 + '"}', "s") == {"a": "[[[[{{{{" + "[" * 100}
+    with pytest.raises(InputError, match="digits"):
+        load_json("[" + "1" * 200 + "]", "s")
+    with pytest.raises(InputError, match="nested"):
+        load_json('{"a": ' * 65 + "1" + "}" * 65, "s")
+
+
+def test_read_text_refuses_large_files_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    with path.open("wb") as fh:
+        fh.truncate(10 << 20)  # sparse: nothing is written or read
+    with pytest.raises(InputError, match="big.yaml.*more than the 1,024 accepted"):
+        read_text(path, "a YAML file", max_bytes=1024)
+
+
+def test_read_text_refuses_devices_and_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a regular file"):
+        read_text("/dev/zero", "a YAML file")
+    with pytest.raises(InputError, match="no such file"):
+        read_text(tmp_path / "missing.yaml", "a YAML file")
+
+
+# ---------------------------------------------------------------------------- hypothesis
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=12),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
+    max_leaves=20,
+)
+SPACE_KEYS = [*GOOD_SPACE, "conv", "min_dpeth", "widths", "max_depth", "junk"]
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def _clean(code: int, err: str) -> None:
+    assert code in (0, 2), err
+    assert "Traceback" not in err
+    if code == 2:
+        assert err.strip().splitlines()[-1].startswith("error: "), err
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        st.text(max_size=400).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.sampled_from(["utf-16", "latin-1", "utf-32"]).map(
+            lambda enc: space_text(description="c\xe9").encode(enc)
+        ),
+    )
+)
+def test_fuzz_space_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes) -> None:
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(data)
+    _clean(*run(capsys, "space", "info", "--space", path)[::2])
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(SPACE_KEYS), JSONISH, max_size=6), st.booleans())
+def test_fuzz_space_structure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict, merge: bool
+) -> None:
+    data = {**GOOD_SPACE, **changes} if merge else changes
+    dense = changes.get("dense")
+    if merge and isinstance(dense, dict):
+        data["dense"] = {**GOOD_SPACE["dense"], **dense}
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(json.dumps(data, allow_nan=True))  # JSON is YAML
+    code, out, err = run(capsys, "space", "info", "--space", path)
+    _clean(code, err)
+    if code == 2:
+        assert "fuzz.yaml" in err
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from([*GOOD_ARCH, "arch_id", "extra"]), JSONISH, max_size=5
+    ),
+    st.lists(st.dictionaries(st.sampled_from(["width", "bits", "kind", "pool"]), JSONISH),
+             max_size=3),
+)  # fmt: skip
+def test_fuzz_arch_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict, layers: list
+) -> None:
+    arch = {**GOOD_ARCH, **changes}
+    if layers:
+        arch["layers"] = layers
+    path = tmp_path / "fuzz.json"
+    path.write_text(json.dumps(arch, allow_nan=True))
+    code, _, err = run(capsys, "cost", path, "--json")
+    assert code in (0, 1, 2), err  # 1: a budget fails
+    assert "Traceback" not in err
+    if code == 2:
+        assert err.strip().startswith("error: ")
+
+
+@FUZZ
+@given(st.integers(min_value=1, max_value=200), st.sampled_from("[{"), st.booleans())
+def test_fuzz_nesting_never_recurses(depth: int, bracket: str, as_yaml: bool) -> None:
+    close = "]" if bracket == "[" else "}"
+    inner = "1" if bracket == "[" else ""
+    opener = bracket if bracket == "[" else '{"k":'
+    text = opener * depth + (inner if bracket == "[" else "1") + close * depth
+    loader = load_yaml if as_yaml else load_json
+    try:
+        loader(text, "n")
+    except InputError as exc:
+        assert depth > 60 and "nest" in str(exc)
+    else:
+        assert depth <= 64
