@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from hwmodels.base import HardwareModel
+from hwmodels.base import HardwareModel, HardwareModelError
 from hwmodels.scaling import mixed, per_width
 from inag.ir import LayerTable
 from inag.platform import PositiveSourced, Sourced
@@ -211,10 +211,45 @@ class RooflineLatency(HardwareModel):
         return (c.value if c else 0.0) / self._clock
 
 
+class PowerTimeParams(_P):
+    active_power_w: PositiveSourced  # the power the MCU draws while it runs the network
+
+
+class PowerTimeEnergy(HardwareModel):
+    """MCU energy is power x time: ``active_power_w`` times the platform's own latency model,
+    unit by unit. Calibrating the latency model therefore calibrates the energy too; the
+    descriptor states the active power it assumes (hardware.md: nRF52840 ~150 pJ per cycle)."""
+
+    name = "power_x_time"
+    quantity = "energy_j"
+    Params = PowerTimeParams
+
+    def __init__(self, platform, params=None):  # type: ignore[no-untyped-def]
+        super().__init__(platform, params)
+        from hwmodels.registry import get_model_class
+
+        choice = platform.cost_models.get("latency")
+        cls = get_model_class(choice.model) if choice is not None else None
+        if cls is None or cls.quantity != "latency_s":
+            raise HardwareModelError(
+                f"{platform.name}: the power_x_time energy model needs a latency model "
+                "(cost_models.latency) to multiply by the active power"
+            )
+        self._latency = cls(platform, choice.params)  # type: ignore[union-attr]
+        self._power_w = self.params.active_power_w.value  # type: ignore[attr-defined]
+
+    def _layer_cost(self, t: LayerTable) -> np.ndarray:
+        return self._latency.layer_cost(t) * self._power_w
+
+    def _network_overhead(self) -> float:
+        return self._latency.network_overhead() * self._power_w
+
+
 BUILTIN_MODELS: tuple[type[HardwareModel], ...] = (
     Eq2Storage,
     Flash,
     SramPeak,
     MacEnergy,
     RooflineLatency,
+    PowerTimeEnergy,
 )

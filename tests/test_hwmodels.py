@@ -26,7 +26,20 @@ from inag.ir import compute_nodes, layer_table_many, lower
 from inag.platform import Platform, bundled_dir, load_platform, platform_from_dict
 from inag.space import largest_for, load_space
 
-BUILTIN_NAMES = ("eq2_storage", "flash", "sram_peak", "mac_energy", "roofline_latency")
+BUILTIN_NAMES = (
+    "eq2_storage",
+    "flash",
+    "sram_peak",
+    "mac_energy",
+    "roofline_latency",
+    "power_x_time",
+)
+# Models no bundled platform configures: the conformance suite runs them with these params.
+TEST_PARAMS = {
+    "power_x_time": {
+        "active_power_w": {"value": 0.0096, "source": "test: 150 pJ/cycle at 64 MHz"},
+    },
+}
 ROLES = ("storage", "flash", "sram", "energy", "latency")
 
 
@@ -50,6 +63,8 @@ def params_for(model_name: str, platform: Platform, platforms: dict[str, Platfor
         for choice in other.cost_models.values():
             if choice.model == model_name:
                 return dict(choice.params)
+    if model_name in TEST_PARAMS:
+        return TEST_PARAMS[model_name]
     raise AssertionError(f"no bundled platform configures {model_name!r}")
 
 
@@ -774,3 +789,20 @@ def test_layer_table_is_not_mutated_by_models():
         model.total(table)
     for name, arr in before.items():
         np.testing.assert_array_equal(getattr(table, name), arr)
+
+
+def test_power_x_time_energy_follows_the_latency_model(platforms):
+    """Energy = active power x latency, unit by unit and per inference: calibrating the time
+    calibrates the energy."""
+    plat = platforms["cortex_m"]
+    models = build_models(plat)
+    energy = get_model_class("power_x_time")(plat, TEST_PARAMS["power_x_time"])
+    table = layer_table_many([small_mlp(), small_cnn(), mixed_mlp()])
+    np.testing.assert_allclose(
+        energy.total(table), models["latency"].total(table) * 0.0096, rtol=1e-12
+    )
+    data = plat.model_dump(mode="json")
+    data["cost_models"]["latency"] = {"model": "eq2_storage"}  # not a latency model
+    bad = platform_from_dict(data)
+    with pytest.raises(HardwareModelError, match="needs a latency model"):
+        get_model_class("power_x_time")(bad, TEST_PARAMS["power_x_time"])
