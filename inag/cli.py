@@ -1202,7 +1202,8 @@ def _pareto_plot(sels: Any, m: Any, path: Path) -> None:
 
 # ---------------------------------------------------------------------------- argument checks
 # A bag holds every generated encoding (float32) plus its canonical copy, the decoded
-# architectures and their cost table; measured at ~2 KB per net for the bundled MLP space.
+# architectures and their cost table: estimated (not measured) at ~2 KB per net for the
+# bundled MLP space.
 MAX_BAG = 1_000_000
 _BAG_BYTES_PER_SLOT = 64
 
