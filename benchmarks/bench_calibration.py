@@ -74,7 +74,10 @@ def main() -> None:
     rows = [latest[a.arch_id] for a in plan if a.arch_id in latest]
     clock = plat.capability.clock_hz.value
     y = [_seconds(r, clock) for r in rows]
-    res = fit(build_models(plat)["latency"], "latency", [r.arch for r in rows], y, args.fit)
+    res = fit(
+        build_models(plat)["latency"], "latency", [r.arch for r in rows], y, args.fit,
+        runtime=args.runtime,
+    )  # fmt: skip
     origin = rows[0].origin
     print(f"\n{plat.name} via {args.runtime} on {dev} ({origin}; {len(rows)} nets, "
           f"fitted on {len(res.fit_ids)}, held out {len(res.held_out)})")  # fmt: skip

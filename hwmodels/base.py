@@ -71,9 +71,10 @@ class HardwareModel(ABC):
         """Cost paid once per inference (runtime entry, scratch memory...)."""
         return 0.0
 
-    def fittable_start(self) -> dict[str, float | dict[str, float]]:
+    def fittable_start(self, runtime: str | None = None) -> dict[str, float | dict[str, float]]:
         """Where a calibration fit starts: each present fittable parameter's value (a table
-        by bit-width for table parameters). Override to also fit absent optional ones."""
+        by bit-width for table parameters). Override to also fit absent optional ones;
+        ``runtime`` names what the measurements ran on (runtime-specific terms)."""
         out: dict[str, float | dict[str, float]] = {}
         for name in self.fittable:
             val = getattr(self.params, name, None)

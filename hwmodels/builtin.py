@@ -27,6 +27,7 @@ from inag.platform import PositiveSourced, Sourced
 Law = Literal["flat_container", "quadratic", "linear", "inverse_quadratic"]
 WeightStorage = Literal["packed", "container"]
 PJ = 1e-12
+C_RUNTIMES = ("c", "qemu", "serial")  # INAG's standalone C build, on the host or a Cortex-M
 
 
 class _P(BaseModel):
@@ -66,8 +67,8 @@ class Flash(HardwareModel):
     Params = FlashParams
     fittable = ("per_layer_bytes", "runtime_bytes")
 
-    def fittable_start(self) -> dict[str, float | dict[str, float]]:
-        out = super().fittable_start()
+    def fittable_start(self, runtime: str | None = None) -> dict[str, float | dict[str, float]]:
+        out = super().fittable_start(runtime)
         out.setdefault("per_layer_bytes", 16.0)
         out.setdefault("runtime_bytes", 256.0)
         return out
@@ -147,6 +148,11 @@ class RooflineParams(_P):
     weight_storage: WeightStorage = "container"
     overhead_cycles_per_layer: Sourced | None = None
     overhead_cycles_per_inference: Sourced | None = None
+    # requantize + store of each output value (not hidden behind the MACs on scalar kernels)
+    overhead_cycles_per_output: Sourced | None = None
+    # extra cycles per MAC whose weight is stored packed below 8 bits and extracted with
+    # shifts and masks (INAG's standalone C export); 8-bit weights are read directly
+    unpack_cycles_per_mac: Sourced | None = None
 
 
 class RooflineLatency(HardwareModel):
@@ -161,14 +167,21 @@ class RooflineLatency(HardwareModel):
         "mem_bytes_per_cycle",
         "overhead_cycles_per_layer",
         "overhead_cycles_per_inference",
+        "overhead_cycles_per_output",
+        "unpack_cycles_per_mac",
     )
 
-    def fittable_start(self) -> dict[str, float | dict[str, float]]:
-        """Absent overheads start at 100 cycles; absent conv throughput at the dense one."""
-        out = super().fittable_start()
+    def fittable_start(self, runtime: str | None = None) -> dict[str, float | dict[str, float]]:
+        """Absent overheads start at 100 cycles (1 per output value); absent conv throughput
+        at the dense one. The unpacking cost is fitted only for the standalone C runtime
+        (measured as ``c``, ``qemu`` or ``serial``), the one that stores weights packed."""
+        out = super().fittable_start(runtime)
         out.setdefault("conv_macs_per_cycle", dict(out["macs_per_cycle"]))  # type: ignore[arg-type]
         out.setdefault("overhead_cycles_per_layer", 100.0)
         out.setdefault("overhead_cycles_per_inference", 100.0)
+        out.setdefault("overhead_cycles_per_output", 1.0)
+        if runtime in C_RUNTIMES:
+            out.setdefault("unpack_cycles_per_mac", 1.0)
         return out
 
     def __init__(self, platform, params=None):  # type: ignore[no-untyped-def]
@@ -203,7 +216,12 @@ class RooflineLatency(HardwareModel):
         ) / 8
         memory = nbytes / p.mem_bytes_per_cycle.value
         fixed = p.overhead_cycles_per_layer.value if p.overhead_cycles_per_layer else 0.0
-        return (np.maximum(compute, memory) + fixed) / self._clock
+        cycles = np.maximum(compute, memory) + fixed
+        if p.overhead_cycles_per_output:
+            cycles = cycles + t.fmap * p.overhead_cycles_per_output.value
+        if p.unpack_cycles_per_mac:
+            cycles = cycles + np.where(t.bits < 8, t.macs, 0) * p.unpack_cycles_per_mac.value
+        return cycles / self._clock
 
     def _network_overhead(self) -> float:
         p: RooflineParams = self.params  # type: ignore[assignment]

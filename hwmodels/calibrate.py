@@ -32,10 +32,10 @@ def slot_name(slot: Slot) -> str:
     return slot[0] + "".join(f"[{k}]" for k in slot[1:])
 
 
-def fittable_values(model: HardwareModel) -> dict[Slot, float]:
+def fittable_values(model: HardwareModel, runtime: str | None = None) -> dict[Slot, float]:
     """Start values of the model's fittable parameters, one entry per number."""
     out: dict[Slot, float] = {}
-    for name, val in model.fittable_start().items():
+    for name, val in model.fittable_start(runtime).items():
         if isinstance(val, dict):
             for k, v in val.items():
                 out[(name, str(k))] = float(v)
@@ -124,6 +124,7 @@ def fit(
     fit_ids: Sequence[int] | None = None,
     starts: int = 8,
     starts_seed: int = 0,
+    runtime: str | None = None,
 ) -> Fit:
     """Fit ``model``'s fittable parameters to ``measured`` (in the model's quantity's unit)."""
     from scipy.optimize import least_squares
@@ -134,7 +135,7 @@ def fit(
         raise HardwareModelError(f"need one measurement per arch, found {len(archs)} / {len(y)}")
     if not np.all(np.isfinite(y)) or np.any(y <= 0):
         raise HardwareModelError("measurements must be finite and > 0")
-    start = fittable_values(model)
+    start = fittable_values(model, runtime)
     if not start:
         raise HardwareModelError(f"model {model.name!r} declares no fittable parameters")
     slots = list(start)

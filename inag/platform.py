@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
@@ -312,13 +311,13 @@ def resolve_platform_path(name_or_path: str | Path) -> Path:
 
 def read_descriptor(name_or_path: str | Path) -> tuple[Path, Any]:
     """The path and the parsed, not yet validated YAML of a descriptor."""
+    from inag.safe_io import InputError, load_yaml, read_text
+
     path = resolve_platform_path(name_or_path)
-    try:
-        return path, yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PlatformError(f"{path}: malformed YAML: {exc}") from None
-    except OSError as exc:
-        raise PlatformError(f"{path}: cannot read: {exc.strerror}") from None
+    try:  # encoding, size, duplicate keys, alias bombs, nesting, huge integers
+        return path, load_yaml(read_text(path, "a platform YAML file"), str(path))
+    except InputError as exc:
+        raise PlatformError(str(exc)) from None
 
 
 def load_platform(name_or_path: str | Path) -> Platform:
