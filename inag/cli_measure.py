@@ -27,6 +27,7 @@ DEFAULT_DB = Path("runs/measurements.sqlite")
 RUNTIME_OF = {"tvm_local": "tvm", "tvm_rpc": "tvm", "onnxruntime": "onnxruntime",
               "c_standalone": "qemu"}  # fmt: skip
 ALL_RUNTIMES = ("tvm", "onnxruntime", "c", "qemu", "serial")
+ROLE_UNITS = {"latency": (1e6, "us"), "flash": (1.0, "bytes")}  # what calibrate can fit
 
 measure_app = typer.Typer(
     help="Measure latency on devices (TVM local/RPC/tracker, onnxruntime, C, QEMU, a board) "
@@ -417,8 +418,15 @@ def calibrate(
     plot: Annotated[
         Path | None, typer.Option(help="Predicted-vs-measured PNG (default: next to --out).")
     ] = None,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="latency (measured time) or flash (the linked model's size, from the ELF of "
+            "a --runtime qemu measurement)."
+        ),
+    ] = "latency",
 ) -> None:
-    """Fit the platform's latency model to measured nets; write a calibrated platform YAML.
+    """Fit the platform's latency (or flash) model to measured nets; write a calibrated YAML.
 
     Fits the parameters the latency model declares fittable (MACs/cycle by op kind and
     container, bytes/cycle, per-layer and per-inference overhead cycles) on at most --fit
@@ -431,6 +439,8 @@ def calibrate(
     from hwmodels.calibrate import calibrated_descriptor, fit
     from inag.platform import freeze_detected, load_platform
 
+    if role not in ROLE_UNITS:
+        raise CliError(f"--role: {role!r} is not one of {', '.join(ROLE_UNITS)}")
     plat = load_platform(platform)
     _check_writable(out, "--out")
     png = plot if plot is not None else out.with_suffix(".png")
@@ -456,10 +466,19 @@ def calibrate(
     rows = list(by_arch.values())
     if len(rows) < 3:
         raise CliError(f"{len(rows)} measured nets: calibration needs at least 3 (10+ advised)")
-    clock = plat.capability.clock_hz.value
-    measured = [_seconds(r, clock) for r in rows]
-    model = build_models(plat)["latency"]
-    result = fit(model, "latency", [r.arch for r in rows], measured, max_fit=fit_n, runtime=rt)
+    if role == "flash":
+        rows = [r for r in rows if "flash_bytes" in r.extra.get("model_sizes", {})]
+        if len(rows) < 3:
+            raise CliError(
+                f"{len(rows)} rows carry linked model sizes: measure with --runtime qemu (it "
+                "links the model for the Cortex-M and records its ELF sizes)"
+            )
+        measured = [float(r.extra["model_sizes"]["flash_bytes"]) for r in rows]
+    else:
+        clock = plat.capability.clock_hz.value
+        measured = [_seconds(r, clock) for r in rows]
+    model = build_models(plat)[role]
+    result = fit(model, role, [r.arch for r in rows], measured, max_fit=fit_n, runtime=rt)
     k, n_held = result.within(0.10)
     k0, _ = result.within(0.10, after=False)
     origin = rows[0].origin
@@ -469,9 +488,14 @@ def calibrate(
         "device time)",
         "model": " (model figures, not measurements)",
     }.get(origin, "")
+    what = (
+        f"linked model sizes (the ELF of the {rt} build, arm-none-eabi-gcc)"
+        if role == "flash"
+        else f"{origin} {dev_id} via {rt}{kind_note}"
+    )
     source = (
-        f"inag calibrate {date}: {origin} {dev_id} via {rt}{kind_note}; fitted on "
-        f"{len(result.fit_ids)} nets, held-out within +-10 %: {k} of {n_held}"
+        f"inag calibrate {date}: {what}; fitted on {len(result.fit_ids)} nets, held-out "
+        f"within +-10 %: {k} of {n_held}"
     )
     err_after = result.rel_err()
     calibration = {
@@ -496,9 +520,15 @@ def calibrate(
     raw = freeze_detected(platform, plat.name) if plat.detected else _raw(platform)
     if plat.detected:
         raw["description"] = plat.description
+    before = raw.get("calibration") or {}
+    if role == "flash":  # the latency calibration, if any, stays; flash gets its own record
+        calibration = {**before, "flash": {k_: calibration[k_] for k_ in (
+            "fitted_on", "device", "source", "coefficients", "residuals")}}  # fmt: skip
+    elif "flash" in before:
+        calibration["flash"] = before["flash"]
     data = calibrated_descriptor(raw, result, source, calibration)
     _write_platform_yaml(out, data, plat.name)
-    _scatter(png, result, plat.name, dev_id, rt, origin)
+    _scatter(png, result, plat.name, dev_id, rt, origin, role)
     _print_fit(result, dev_id, rt, origin, out, png)
 
 
@@ -530,32 +560,35 @@ def _write_platform_yaml(out: Path, data: dict[str, Any], name: str) -> None:
     atomic_write_text(out, text)
 
 
-def _scatter(png: Path, result: Any, name: str, dev: str, rt: str, origin: str) -> None:
+def _scatter(
+    png: Path, result: Any, name: str, dev: str, rt: str, origin: str, role: str = "latency"
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    y = result.measured * 1e6
+    scale, unit = ROLE_UNITS[role]
+    y = result.measured * scale
     fig, ax = plt.subplots(figsize=(6, 5))
     held = result.held_out
     fitted = np.array(result.fit_ids)
-    ax.scatter(y[held], result.predicted_before[held] * 1e6, s=14, c="tab:gray",
+    ax.scatter(y[held], result.predicted_before[held] * scale, s=14, c="tab:gray",
                label="before (held out)")  # fmt: skip
-    ax.scatter(y[held], result.predicted_after[held] * 1e6, s=14, c="tab:blue",
+    ax.scatter(y[held], result.predicted_after[held] * scale, s=14, c="tab:blue",
                label="after (held out)")  # fmt: skip
-    ax.scatter(y[fitted], result.predicted_after[fitted] * 1e6, s=30, marker="x", c="tab:red",
+    ax.scatter(y[fitted], result.predicted_after[fitted] * scale, s=30, marker="x", c="tab:red",
                label="after (fitted on)")  # fmt: skip
-    lo = float(min(y.min(), result.predicted_after.min() * 1e6)) * 0.8
-    hi = float(max(y.max(), result.predicted_before.max() * 1e6, y.max())) * 1.25
+    lo = float(min(y.min(), result.predicted_after.min() * scale)) * 0.8
+    hi = float(max(y.max(), result.predicted_before.max() * scale, y.max())) * 1.25
     xs = np.geomspace(lo, hi, 50)
     ax.plot(xs, xs, "k-", lw=0.8)
     ax.fill_between(xs, xs * 0.9, xs * 1.1, color="k", alpha=0.08, label="±10 %")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(f"measured latency (us, {origin})")
-    ax.set_ylabel("predicted latency (us)")
+    ax.set_xlabel(f"measured {role} ({unit}, {origin})")
+    ax.set_ylabel(f"predicted {role} ({unit})")
     k, n = result.within(0.10)
     k0, _ = result.within(0.10, after=False)
     ax.set_title(
@@ -575,7 +608,7 @@ def _print_fit(result: Any, dev: str, rt: str, origin: str, out: Path, png: Path
     from rich.table import Table
 
     con = _console()
-    t = Table(title=f"latency model parameters ({dev} via {rt}, {origin})")
+    t = Table(title=f"{result.role} model parameters ({dev} via {rt}, {origin})")
     for col in ("parameter", "before", "after", ""):
         t.add_column(col)
     for name, before in result.before.items():

@@ -159,6 +159,7 @@ class Calibration(_Strict):
     fit_arch_ids: list[str] = Field(default_factory=list)
     coefficients: dict[str, float] = Field(default_factory=dict)
     residuals: dict[str, float | None] = Field(default_factory=dict)
+    flash: dict[str, Any] | None = None  # the flash model's fit (linked sizes), if any
 
     @property
     def calibrated(self) -> bool:

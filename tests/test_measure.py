@@ -348,3 +348,40 @@ def test_unreachable_tracker_is_a_clear_error(tmp_path, capsys):
                  "--db", str(tmp_path / "m.sqlite")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the tracker" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(
+    shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+    reason="needs qemu-system-arm and gcc-arm-none-eabi (Debian packages)",
+)
+def test_qemu_plan_calibrates_latency_and_flash(tmp_path, capsys):
+    """Emulated measurements are labelled so, and the linked ELF sizes calibrate flash."""
+    db = tmp_path / "q.sqlite"
+    argv = ["measure", "run", "-p", "cortex_m", "--space", "mlp", "--input-shape", "8",
+            "--output-size", "1", "-n", "12", "--repeats", "3", "--db", str(db)]  # fmt: skip
+    assert main(argv) == 0
+    with MeasurementStore(db, create=False) as store:
+        rows = store.rows()
+    assert len(rows) == 12
+    assert {(r.runtime, r.origin, r.unit) for r in rows} == {("qemu", "emulated", "instructions")}
+    assert all(r.extra["bit_exact"] and r.extra["model_sizes"]["flash_bytes"] > 0 for r in rows)
+    lat = tmp_path / "cm_lat.yaml"
+    assert main(["calibrate", "-p", "cortex_m", "--db", str(db), "--fit", "6",
+                 "--out", str(lat)]) == 0  # fmt: skip
+    both = tmp_path / "cm_both.yaml"
+    assert main(["calibrate", "-p", str(lat), "--db", str(db), "--fit", "6", "--role", "flash",
+                 "--out", str(both)]) == 0  # fmt: skip
+    p = load_platform(both)
+    assert p.calibration.origin == "emulated" and "not device time" in (p.calibration.source or "")
+    assert p.calibration.flash and p.calibration.flash["residuals"]["held_out_nets"] == 6
+    assert p.cost_models["flash"].params["per_layer_bytes"]["kind"] == "measured"
+    assert p.cost_models["latency"].params["overhead_cycles_per_output"]["kind"] == "measured"
+    # the flash fit predicts the held-out linked sizes better than the datasheet-derived model
+    flash = build_models(p)["flash"]
+    before = build_models(load_platform("cortex_m"))["flash"]
+    t = layer_table_many([r.arch for r in rows])
+    y = np.array([r.extra["model_sizes"]["flash_bytes"] for r in rows], float)
+    assert np.median(np.abs(flash.total(t) / y - 1)) < np.median(np.abs(before.total(t) / y - 1))
+    capsys.readouterr()
+    assert main(["select", "-p", str(both), "-n", "300"]) == 0
+    assert "latency model calibrated" in capsys.readouterr().out
