@@ -19,6 +19,7 @@ from conftest import FROZEN_HOST
 
 from hwmodels import build_models
 from hwmodels.calibrate import choose_fit_set, fit, fittable_values, with_values
+from inag import hostinfo
 from inag.arch import ArchSpec, LayerSpec
 from inag.cli import main
 from inag.ir import layer_table_many
@@ -331,6 +332,12 @@ def test_measure_through_a_real_tracker_with_two_servers(tmp_path, capsys):
         assert code == 2 and "no free device under key 'nokey'" in err
         with MeasurementStore(db, create=False) as store:
             assert len(store.rows()) == 3
+        if shutil.which("aarch64-linux-gnu-gcc"):  # an aarch64 library on an x86-64 "board"
+            code = main(["measure", "run", "-p", "cortex_a", "--runtime", "tvm", "--device",
+                         device, ARCH.to_json(), "--db", str(db)])  # fmt: skip
+            err = capsys.readouterr().err
+            if hostinfo.cpu_info().machine != "aarch64":
+                assert code == 2 and "could not load" in err and "architecture" in err, err
     finally:
         for p in procs:
             p.terminate()
