@@ -8,19 +8,21 @@ import dataclasses
 import math
 import sys
 import textwrap
+import unittest
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from conftest import BUNDLED_PLATFORMS, GOLDEN_PLATFORMS, mixed_mlp, small_cnn, small_mlp
-from hwmodel_conformance import check_conformance, conformance_archs
 from pydantic import ValidationError
 
 from hwmodels import HardwareModel, HardwareModelError, PlatformCoster, available_models, registry
+from hwmodels import testing as hwtesting
 from hwmodels.builtin import BUILTIN_MODELS, Eq2Storage
 from hwmodels.registry import build_models, get_model_class
 from hwmodels.scaling import SCALING_LAWS, mixed, per_width
+from hwmodels.testing import check_conformance, conformance_archs
 from inag.arch import ArchSpec, LayerSpec
 from inag.ir import compute_nodes, layer_table_many, lower
 from inag.platform import Platform, bundled_dir, load_platform, platform_from_dict
@@ -153,6 +155,19 @@ def test_conformance_suite_catches_broken_models(cls, needle):
     check_conformance(_Toy, load_platform("cortex_m"))  # the well-behaved twin passes
     with pytest.raises(AssertionError, match=needle):
         check_conformance(cls, load_platform("cortex_m"))
+
+
+class TestToyConformance(hwtesting.HardwareModelConformance):
+    """What a plug-in author writes: the shipped test case, subclassed."""
+
+    model_cls = _Toy
+
+
+def test_shipped_test_case_fails_a_broken_model():
+    case = type("T", (hwtesting.HardwareModelConformance,), {"model_cls": _CheaperWithBits})
+    result = unittest.TestResult()
+    case("test_conformance").run(result)
+    assert len(result.failures) == 1 and "non-decreasing in bits" in result.failures[0][1]
 
 
 # --------------------------------------------------------------------------- base validation
