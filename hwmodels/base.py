@@ -71,6 +71,12 @@ class HardwareModel(ABC):
         """Cost paid once per inference (runtime entry, scratch memory...)."""
         return 0.0
 
+    def bits_exception(self) -> str | None:
+        """Why this model may get *cheaper* when bits grow, or None (the default: the
+        conformance suite then requires it to be non-decreasing in bits). A model that
+        declares a reason is exempt from that one property, and validation says so."""
+        return None
+
     def fittable_start(self, runtime: str | None = None) -> dict[str, float | dict[str, float]]:
         """Where a calibration fit starts: each present fittable parameter's value (a table
         by bit-width for table parameters). Override to also fit absent optional ones;

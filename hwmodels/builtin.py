@@ -44,6 +44,18 @@ def _weight_bits(model: HardwareModel, t: LayerTable, storage: WeightStorage) ->
     return t.bits if storage == "packed" else _containers(model, t.bits, "weight")
 
 
+def _lut(
+    model: HardwareModel, param: str, table: dict[int, float], law: str, which: str
+) -> np.ndarray:
+    """``per_width`` for one parameter table; a bad table is an error naming the parameter."""
+    try:
+        return per_width(table, law, lambda b: model.platform.container(b, which))
+    except ValueError as exc:
+        raise HardwareModelError(
+            f"{model.platform.name}: model {model.name!r} parameter {param}: {exc}"
+        ) from None
+
+
 class Eq2Storage(HardwareModel):
     """Paper eq. 2: every weight, bias and output feature-map value at the layer's B(i)."""
 
@@ -123,8 +135,8 @@ class MacEnergy(HardwareModel):
         super().__init__(platform, params)
         p: MacEnergyParams = self.params  # type: ignore[assignment]
         table = {b: v.value for b, v in p.e_mac_pj.items()}
-        self._lw = per_width(table, p.scaling, lambda b: platform.container(b, "weight"))
-        self._la = per_width(table, p.scaling, lambda b: platform.container(b, "activation"))
+        self._lw = _lut(self, "e_mac_pj", table, p.scaling, "weight")
+        self._la = _lut(self, "e_mac_pj", table, p.scaling, "activation")
 
     def _layer_cost(self, t: LayerTable) -> np.ndarray:
         p: MacEnergyParams = self.params  # type: ignore[assignment]
@@ -171,6 +183,16 @@ class RooflineLatency(HardwareModel):
         "unpack_cycles_per_mac",
     )
 
+    def bits_exception(self) -> str | None:
+        p: RooflineParams = self.params  # type: ignore[assignment]
+        if p.unpack_cycles_per_mac and p.unpack_cycles_per_mac.value > 0:
+            return (
+                "unpack_cycles_per_mac: the standalone C build reads 8-bit weights directly "
+                "and extracts packed sub-8-bit ones, so an 8-bit layer runs faster than a "
+                "7-bit one (measured)"
+            )
+        return None
+
     def fittable_start(self, runtime: str | None = None) -> dict[str, float | dict[str, float]]:
         """Absent overheads start at 100 cycles (1 per output value); absent conv throughput
         at the dense one. The unpacking cost is fitted only for the standalone C runtime
@@ -188,16 +210,15 @@ class RooflineLatency(HardwareModel):
         super().__init__(platform, params)
         p: RooflineParams = self.params  # type: ignore[assignment]
 
-        def lut(tab: dict[int, PositiveSourced], which: str) -> np.ndarray:
-            return per_width(
-                {b: v.value for b, v in tab.items()},
-                p.scaling,
-                lambda b: platform.container(b, which),
-            )  # type: ignore[arg-type]
-
-        conv = p.conv_macs_per_cycle or p.macs_per_cycle
-        self._dense = (lut(p.macs_per_cycle, "weight"), lut(p.macs_per_cycle, "activation"))
-        self._conv = (lut(conv, "weight"), lut(conv, "activation"))
+        dense = {b: v.value for b, v in p.macs_per_cycle.items()}
+        conv = {b: v.value for b, v in (p.conv_macs_per_cycle or p.macs_per_cycle).items()}
+        conv_name = "conv_macs_per_cycle" if p.conv_macs_per_cycle else "macs_per_cycle"
+        self._dense = tuple(
+            _lut(self, "macs_per_cycle", dense, p.scaling, w) for w in ("weight", "activation")
+        )
+        self._conv = tuple(
+            _lut(self, conv_name, conv, p.scaling, w) for w in ("weight", "activation")
+        )
         self._clock = platform.capability.clock_hz.value
 
     def _layer_cost(self, t: LayerTable) -> np.ndarray:

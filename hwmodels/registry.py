@@ -47,13 +47,14 @@ def _registry() -> dict[str, type[HardwareModel]]:
             )
             continue
         name = getattr(cls, "name", ep.name)
+        here = f"entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP})"
         if name in models:
             raise HardwareModelError(
                 f"hardware model name {name!r} is claimed twice: by {origin[name]} and by "
-                f"plug-in {ep.value}; rename one of them"
+                f"{here}; rename one of them"
             )
         models[name] = cls
-        origin[name] = f"plug-in {ep.value}"
+        origin[name] = here
     return models
 
 
@@ -89,6 +90,15 @@ def build_models(platform: Platform) -> dict[str, HardwareModel]:
             raise HardwareModelError(
                 f"{where}: cost_models.{role}: model {choice.model!r} computes "
                 f"{cls.quantity!r}, but the {role!r} role needs {expected!r}"
+            )
+        known = set(cls.Params.model_fields) | {
+            f.alias for f in cls.Params.model_fields.values() if f.alias
+        }
+        unknown = sorted(set(choice.params) - known)
+        if unknown:  # also for plug-ins whose Params would silently ignore extra keys
+            raise HardwareModelError(
+                f"{where}: cost_models.{role}.params: unknown parameter(s) {unknown} for "
+                f"model {choice.model!r}; its parameters: {', '.join(sorted(known)) or '(none)'}"
             )
         try:
             params = cls.Params.model_validate(choice.params)

@@ -42,6 +42,14 @@ def per_width(table: Mapping[int, float], law: str, container: Callable[[int], i
     if not table:
         raise ValueError("a scaling table needs at least one anchor width")
     anchors = sorted(table)
+    if law == "flat_container":  # a container the table lacks would silently take a neighbour
+        missing = sorted({container(b) for b in range(1, 33)} - set(table))
+        missing = [c for c in missing if c <= max(anchors)]
+        if missing:
+            raise ValueError(
+                f"scaling flat_container needs an entry for every container width up to "
+                f"{max(anchors)}; missing {missing} (table has {anchors})"
+            )
     out = np.zeros(33, dtype=np.float64)
     for b in range(1, 33):
         e = container(b)

@@ -10,7 +10,9 @@
 - is non-decreasing when an architecture grows (every width doubled; one more layer), i.e.
   in MACs, weights and feature maps;
 - is non-decreasing when every bit-width goes up (flat is allowed: hardware that computes in
-  containers does not get cheaper below them).
+  containers does not get cheaper below them), unless the model declares a reason in
+  ``bits_exception()`` (a calibrated standalone-C latency model: 8-bit weights are read
+  directly, sub-8-bit ones unpacked), which validation reports.
 
 A failure raises :class:`ConformanceError` (an ``AssertionError``) whose message starts with
 the property that failed. ``inag platforms validate`` runs it on a descriptor's models.
@@ -199,7 +201,9 @@ def check_conformance(
             g_per = model.layer_cost(layer_table_many(grown))
             _not_below(prop, g_per[table.mask], per[table.mask], "wider (per unit)", archs)
 
-    # non-decreasing in bits (flat allowed)
+    # non-decreasing in bits (flat allowed), unless the model declares why not
+    if model.bits_exception():
+        return {"totals": totals, "per_layer": per}
     prev, prev_archs = totals, archs
     for step in range(1, 7):
         up = [more_bits(a, step) for a in archs]

@@ -172,19 +172,38 @@ def _leaves(key: str, val: Any) -> list[tuple[str, Any]]:
 @platforms_app.command("validate")
 def platforms_validate(
     paths: Annotated[list[Path], typer.Argument(help="Platform YAML files to check.")],
+    allow_unusual: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unusual",
+            help="Accept numbers outside the plausible range of their unit (real outliers).",
+        ),
+    ] = False,
 ) -> None:
-    """Validate platform files against the schema and the hardware-model registry."""
-    from hwmodels import build_models
+    """Validate platform files: schema, models and their parameters, the hardware-model
+    conformance suite on the descriptor's own models, and plausible magnitudes per unit."""
+    from hwmodels.validate import exemptions, validate_platform
     from inag.platform import load_platform
 
+    bad = 0
     for path in paths:
         p = load_platform(path)
-        build_models(p)
+        findings = validate_platform(p, allow_unusual)
+        if findings:
+            bad += 1
+            typer.echo(f"{path}: invalid platform descriptor:", err=True)
+            for f in findings:
+                typer.echo(f"  {f}", err=True)
+            continue
         typer.echo(
             f"ok: {path} ({p.name}, {p.kind}, models: "
             + ", ".join(f"{r}={c.model}" for r, c in p.cost_models.items())
             + ")"
         )
+        for note in exemptions(p):
+            typer.echo(f"  note: {note}")
+    if bad:
+        raise typer.Exit(2)
 
 
 @platforms_app.command("detect")
@@ -542,7 +561,13 @@ def sample(
         TimeRemainingColumn,
     )
 
-    from inag.dataset import DatasetError, LocalBackend, RayBackend, build_dataset
+    from inag.dataset import (
+        DatasetError,
+        LocalBackend,
+        RayBackend,
+        SamplingInterrupted,
+        build_dataset,
+    )
     from inag.space import load_space
     from inag.trainer import TrainerConfig
 
@@ -604,6 +629,13 @@ def sample(
             )
         except DatasetError as exc:
             raise CliError(str(exc)) from None
+        except SamplingInterrupted as exc:
+            stopped = exc
+        else:
+            stopped = None
+    if stopped is not None:  # one line, after the progress bar has been closed
+        typer.echo(f"{db}: {stopped}", err=True)
+        raise typer.Exit(130 if stopped.signal_name == "SIGINT" else 143)
     dt = time.perf_counter() - t0
     typer.echo(
         f"{db}: {out['done']}/{out['total']} nets ({out['trained']} trained now in "

@@ -13,7 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 SourceKind = Literal[
@@ -198,6 +205,22 @@ class Platform(_Strict):
     path: str | None = Field(default=None, exclude=True)
     detected: bool = Field(default=False, exclude=True)  # had {detect: ...} fields (this host)
 
+    @model_validator(mode="after")
+    def _budgets_positive(self) -> Platform:
+        """Reserved memory larger than the memory would make every network fail."""
+        m = self.capability.memories
+        for what, total, reserved in (
+            ("flash", m.flash_bytes, m.reserved_flash_bytes),
+            ("sram", m.sram_bytes, m.reserved_sram_bytes),
+        ):
+            if reserved is not None and reserved.value >= total.value:
+                raise ValueError(
+                    f"capability.memories.reserved_{what}_bytes ({reserved.value:g}) must be "
+                    f"below {what}_bytes ({total.value:g}): no {what} would be left for the "
+                    "network"
+                )
+        return self
+
     @field_validator("cost_models")
     @classmethod
     def _roles(cls, v: dict[str, ModelChoice]) -> dict[str, ModelChoice]:
@@ -259,6 +282,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             lines.append(f"  {loc}: missing (required field)")
         elif err["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown field (check its spelling)")
+        elif not err["loc"]:  # a check across fields: its message names them
+            lines.append(f"  {msg}")
         else:
             lines.append(f"  {loc}: {msg}; found {found_s}")
     return f"{source}: invalid platform descriptor:\n" + "\n".join(lines)
