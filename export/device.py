@@ -100,7 +100,7 @@ def require_tool(name: str, purpose: str) -> str:
     return path
 
 
-def _version(tool: str) -> str:
+def tool_version(tool: str) -> str:
     try:
         out = subprocess.run([tool, "--version"], capture_output=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
@@ -1022,7 +1022,7 @@ def measure_qemu(
             **check,
             "sizes": fw["sizes"],
             "model_sizes": fw["model_sizes"],
-            "versions": {ARM_GCC: _version(ARM_GCC), QEMU_ARM: _version(qemu)},
+            "versions": {ARM_GCC: tool_version(ARM_GCC), QEMU_ARM: tool_version(qemu)},
         }
     )
     return out
@@ -1150,7 +1150,7 @@ def run_aarch64(
     return {
         "origin": "emulated",
         "runner": f"qemu-aarch64 -L {AARCH64_SYSROOT}",
-        "compiler": _version(gcc),
+        "compiler": tool_version(gcc),
         "elf": head,
         "inputs": int(len(x)),
         "outputs_checked": int(ref.size),

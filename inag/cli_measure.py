@@ -218,7 +218,7 @@ def measure_run(
                     samples=tuple(m["samples"]),
                     median=m["median"],
                     predicted_s=predicted,
-                    versions=vers,
+                    versions={**vers, **m.get("versions", {})},
                     extra=m.get("extra", {}),
                 )
                 store.add(row)
@@ -240,6 +240,7 @@ def _measure_one(
 ) -> dict[str, Any]:
     """One measurement as a dict: samples and median in ``unit``, origin, number, extra."""
     if runtime in ("tvm", "onnxruntime", "c"):
+        from export.device import tool_version
         from export.measure import measure_net
 
         m = measure_net(
@@ -253,6 +254,7 @@ def _measure_one(
             "origin": m.origin,
             "number": m.number,
             "extra": {"where": m.where},
+            "versions": {"gcc": tool_version("gcc")} if runtime == "c" else {},
         }
     from export import device as dev
 
@@ -274,7 +276,9 @@ def _measure_one(
         "origin": r["origin"],
         "number": 1,
         "extra": {k: r[k] for k in keep if k in r},
+        "versions": {k: str(v) for k, v in (r.get("versions") or {}).items()},
     }
+
 
 
 def _seconds(row: MeasurementRow, clock_hz: float) -> float:
