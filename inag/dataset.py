@@ -12,16 +12,26 @@ This is the most expensive stage of INAG, so it is resumable and never loses fin
   processes or Ray tasks), so the local and Ray backends write the same rows.
 - A database records its task, space, trainer configuration and data seed; opening it with
   another task or configuration is refused.
+- One sampler per database: an advisory lock (``flock`` on ``DB.lock`` beside it) makes a
+  second ``inag sample`` on the same file refuse, naming the first one's pid.
+- Ctrl-C (SIGINT) or SIGTERM stops cleanly: chunks that already finished are written, the
+  workers are killed, and :class:`SamplingInterrupted` says how far it got. Worker processes
+  die with their parent even after ``kill -9`` (``PR_SET_PDEATHSIG`` on Linux, plus a
+  parent-pid watchdog thread everywhere).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import platform as _platform
+import signal
 import sqlite3
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -40,6 +50,17 @@ DEFAULT_CHUNK = 128
 
 class DatasetError(ValueError):
     """A dataset file is missing, of another task/configuration, or not a dataset."""
+
+
+class SamplingInterrupted(Exception):  # noqa: N818 - not an error: a requested stop
+    """``build_dataset`` stopped on SIGINT/SIGTERM after writing every finished chunk."""
+
+    def __init__(self, signal_name: str, done: int, total: int, trained: int):
+        self.signal_name, self.done, self.total, self.trained = signal_name, done, total, trained
+        super().__init__(
+            f"interrupted by {signal_name}: {done}/{total} nets are in the dataset "
+            f"({trained} trained now, every finished chunk kept); the same command resumes"
+        )
 
 
 @dataclass(frozen=True)
@@ -374,7 +395,14 @@ class BuildProgress:
 
 
 class Backend:
-    """Runs training chunks somewhere and yields their rows as they finish."""
+    """Runs training chunks somewhere and yields their rows as they finish.
+
+    ``stop_event`` (set by :func:`build_dataset` on SIGINT/SIGTERM) asks :meth:`run` to yield
+    the chunks that already finished, abandon the rest and return.
+    """
+
+    stop_event: threading.Event | None = None
+    busy_in_process = False  # training in this process right now (a signal may interrupt it)
 
     def run(self, payloads: Sequence[dict[str, Any]]) -> Iterator[list[Row]]:
         raise NotImplementedError
@@ -382,9 +410,69 @@ class Backend:
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    def _stopping(self) -> bool:
+        return self.stop_event is not None and self.stop_event.is_set()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Make this process exit when ``parent_pid`` (its parent) dies, even by ``kill -9``.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, delivered by the kernel when the parent
+    exits. Everywhere (and as a fallback): a daemon thread that polls ``getppid()``, which
+    changes when an orphan is re-parented. Checked once right away: the parent may have
+    died before the call.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="inag-parent-watchdog", daemon=True).start()
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Worker process set-up: die with the driver; leave Ctrl-C to the driver.
+
+    A terminal's Ctrl-C reaches every process of the foreground group; the driver decides
+    what to keep and then kills the workers, so they ignore SIGINT themselves.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+
+
+def _kill_pool(ex: ProcessPoolExecutor) -> None:
+    """Stop a pool now: cancel what has not started, kill the workers, reap them."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.kill()
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.join(10)
+    ex.shutdown(wait=True)
+
 
 class LocalBackend(Backend):
     """Worker processes on this machine (one torch thread each)."""
+
+    poll_s = 0.2  # how often the driver looks at the stop flag while chunks train
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or max(1, os.cpu_count() or 1)
@@ -396,30 +484,53 @@ class LocalBackend(Backend):
             threads = torch.get_num_threads()
             try:
                 for p in payloads:
-                    yield train_chunk(p)
+                    if self._stopping():
+                        return
+                    self.busy_in_process = True
+                    try:
+                        rows = train_chunk(p)
+                    finally:
+                        self.busy_in_process = False
+                    yield rows
             finally:
                 torch.set_num_threads(threads)
             return
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as ex:
-            pending: set[Future] = set()
-            it = iter(payloads)
-            try:
-                for p in it:
-                    pending.add(ex.submit(train_chunk, p))
-                    if len(pending) >= self.workers:
-                        break
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        yield fut.result()
-                        nxt = next(it, None)
-                        if nxt is not None:
-                            pending.add(ex.submit(train_chunk, nxt))
-            finally:
-                for fut in pending:
-                    fut.cancel()
+        ex = ProcessPoolExecutor(
+            self.workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+        )
+        finished = False
+        pending: set[Future] = set()
+        it = iter(payloads)
+        try:
+            for p in it:
+                pending.add(ex.submit(train_chunk, p))
+                if len(pending) >= self.workers:
+                    break
+            while pending:
+                done, pending = wait(pending, timeout=self.poll_s, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+                    nxt = None if self._stopping() else next(it, None)
+                    if nxt is not None:
+                        pending.add(ex.submit(train_chunk, nxt))
+                if self._stopping():
+                    # keep every chunk that finished meanwhile; abandon the ones training
+                    for fut in [f for f in pending if f.done() and not f.cancelled()]:
+                        pending.discard(fut)
+                        if fut.exception() is None:
+                            yield fut.result()
+                    break
+            finished = not pending
+        finally:
+            if finished:
+                ex.shutdown(wait=True)
+            else:
+                _kill_pool(ex)
 
 
 class RayBackend(Backend):
@@ -443,8 +554,14 @@ class RayBackend(Backend):
     def run(self, payloads: Sequence[dict[str, Any]]) -> Iterator[list[Row]]:
         refs = [self._remote.remote(p) for p in payloads]
         while refs:
-            done, refs = self.ray.wait(refs, num_returns=1)
-            yield self.ray.get(done[0])
+            done, refs = self.ray.wait(refs, num_returns=1, timeout=0.5)
+            for ref in done:
+                yield self.ray.get(ref)
+            if self._stopping():
+                for ref in refs:
+                    with contextlib.suppress(Exception):
+                        self.ray.cancel(ref, force=True)
+                return
 
     def close(self) -> None:
         self.ray.shutdown()
@@ -472,6 +589,88 @@ def dataset_meta(
     }
 
 
+def _lock_path(db: Path) -> Path:
+    return db.with_name(db.name + ".lock")
+
+
+@contextlib.contextmanager
+def sampler_lock(db: str | Path) -> Iterator[Path]:
+    """Hold the advisory lock of one dataset file, or refuse naming the holder's pid.
+
+    ``flock`` on ``DB.lock`` beside the database: the kernel releases it when the holder
+    exits, however it exits, so a stale file never blocks anyone. The holder writes its pid
+    in it and removes it when done; a lock file removed between our open and our ``flock`` is
+    detected (another inode) and opened again.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks, no protection
+        yield _lock_path(Path(db))
+        return
+    db = Path(db)
+    lock = _lock_path(db)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise DatasetError(
+                f"{db}: cannot create its lock file {lock} ({exc.strerror or exc})"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DatasetError(
+                f"{db} is being written by another `inag sample` (pid {holder}; lock file "
+                f"{lock}); wait for it to finish or stop it, then run this again (it resumes "
+                "where that one stopped), or use another --db"
+            ) from None
+        mine = os.fstat(fd)
+        try:
+            now = os.stat(lock)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        os.close(fd)  # the previous holder removed the file as we opened it
+    else:
+        raise DatasetError(f"{db}: could not take its lock file {lock} (it keeps changing)")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # still holding the lock: nobody can be between open and flock
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event, backend: Backend) -> Iterator[dict[str, str]]:
+    """SIGINT/SIGTERM set ``stop`` (the backend finishes cleanly); a second one, or one that
+    arrives while a chunk trains in this very process, raises KeyboardInterrupt."""
+    got: dict[str, str] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        again = stop.is_set()
+        got.setdefault("signal", signal.Signals(signum).name)
+        stop.set()
+        if again or backend.busy_in_process:
+            raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def build_dataset(
     db: str | Path,
     task_spec: str,
@@ -489,6 +688,10 @@ def build_dataset(
 
     ``engine`` is the trainer engine (``inag.trainer.ENGINES``), resolved here once so every
     worker uses the same one; each row records it with the library versions.
+
+    Holds ``db``'s advisory lock throughout (:func:`sampler_lock`). In the main thread,
+    SIGINT and SIGTERM stop it cleanly: the finished chunks are written and
+    :class:`SamplingInterrupted` is raised.
     """
     from inag.tasks import load_task
     from inag.trainer import resolve_engine
@@ -508,7 +711,9 @@ def build_dataset(
     meta = dataset_meta(task_spec, task.kind, space, seed, data_seed, trainer)
     meta["versions"]["trainer_engine"] = engine
     archs = space.sample_many(np.random.default_rng(seed), n)
-    with DatasetStore(db, create=True) as store:
+    stop = threading.Event()
+    backend.stop_event = stop
+    with sampler_lock(db), DatasetStore(db, create=True) as store:
         store.bind(meta)
         done = store.done_ids()
         payloads = []
@@ -534,15 +739,21 @@ def build_dataset(
         failed = 0
         if progress:
             progress(BuildProgress(n_done, n, 0, 0))
-        try:
-            for rows in backend.run(payloads):
-                store.insert(rows, meta)
-                n_done += len(rows)
-                failed += sum(r.status == "failed" for r in rows)
-                if progress:
-                    progress(BuildProgress(n_done, n, len(rows), failed))
-        finally:
-            backend.close()
+        with _stop_on_signals(stop, backend) as got:
+            try:
+                for rows in backend.run(payloads):
+                    store.insert(rows, meta)
+                    n_done += len(rows)
+                    failed += sum(r.status == "failed" for r in rows)
+                    if progress:
+                        progress(BuildProgress(n_done, n, len(rows), failed))
+            except KeyboardInterrupt:
+                if not got:
+                    raise
+            finally:
+                backend.close()
+        if got:
+            raise SamplingInterrupted(got["signal"], n_done, n, n_done - len(done & ids))
         return {
             "total": n,
             "done": n_done,

@@ -10,13 +10,14 @@ run as subprocesses with a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import sqlite3
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -715,3 +716,172 @@ def test_fuzz_nesting_never_recurses(depth: int, bracket: str, as_yaml: bool) ->
         assert depth > 60 and "nest" in str(exc)
     else:
         assert depth <= 64
+
+
+# ------------------------------------------------------------------------ inag sample processes
+SAMPLE = ["sample", "--task", "data_a", "-n", "20000", "--chunk", "8", "--workers", "2",
+          "--epochs", "20", "--restarts", "1"]  # fmt: skip
+
+
+def _proc_state(pid: int) -> tuple[int, str] | None:
+    """(parent pid, state letter) of a live process, None if it is gone (or a zombie)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return None if fields[0] in "ZX" else (int(fields[1]), fields[0])
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _proc_state(int(entry.name))):
+            parents[int(entry.name)] = st[0]
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _rows(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(db, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+def _wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def sampler(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Starts `inag sample` in its own process group; kills the whole group at the end."""
+    import os
+    import signal
+
+    started: list[subprocess.Popen[str]] = []
+
+    def start(db: Path) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [*INAG, *SAMPLE, "--db", str(db)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        started.append(proc)
+        # running: both workers started and at least one chunk committed
+        _wait_for(lambda: len(_descendants(proc.pid)) >= 2 and _rows(db) > 0, 90, "training")
+        return proc
+
+    yield start
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_sample_workers_die_with_their_parent(
+    sig: str, tmp_path: Path, sampler: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """kill -9 (or SIGTERM) of the driver alone: no worker process outlives it."""
+    import os
+    import signal
+
+    db = tmp_path / "d.sqlite"
+    proc = sampler(db)
+    workers = _descendants(proc.pid)
+    os.kill(proc.pid, getattr(signal, sig))
+    code = proc.wait(30)
+    _wait_for(lambda: not any(_proc_state(w) for w in workers), 15, f"workers {workers} to die")
+    if sig == "SIGTERM":  # a clean stop: finished chunks kept, one line, exit 128 + 15
+        err = proc.stderr.read() if proc.stderr else ""
+        assert code == 143, err
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert "interrupted by SIGTERM" in last and f"{_rows(db)}/20000 nets" in last
+        assert not (tmp_path / "d.sqlite.lock").exists()
+    else:
+        assert code == -signal.SIGKILL
+
+
+@pytest.mark.timeout(120)
+def test_sample_ctrl_c_keeps_every_finished_row(
+    tmp_path: Path, sampler: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it): exit 130 with a
+    one-line message, the finished chunks are in the file, no worker is left, and the file is
+    whole; re-running the command resumes from there."""
+    import os
+    import signal
+
+    db = tmp_path / "d.sqlite"
+    proc = sampler(db)
+    workers = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    code = proc.wait(30)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert code == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    last = err.strip().splitlines()[-1]
+    kept = _rows(db)
+    assert kept > 0 and kept % 8 == 0  # whole chunks only
+    assert last == (
+        f"{db}: interrupted by SIGINT: {kept}/20000 nets are in the dataset ({kept} trained "
+        "now, every finished chunk kept); the same command resumes"
+    )
+    _wait_for(lambda: not any(_proc_state(w) for w in workers), 15, "workers to exit")
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    indices = [r[0] for r in conn.execute("SELECT sample_index FROM runs ORDER BY 1")]
+    conn.close()
+    assert len(set(indices)) == kept
+
+
+@pytest.mark.timeout(120)
+def test_two_samplers_on_one_db_the_second_refuses(
+    tmp_path: Path,
+    sampler: Callable[..., subprocess.Popen[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "d.sqlite"
+    first = sampler(db)
+    before = _rows(db)
+    code, _, err = run(capsys, *SAMPLE, "--db", db)
+    assert_error(code, err, str(db), "another `inag sample`", f"pid {first.pid}", "--db")
+    assert first.poll() is None and _rows(db) >= before  # the first one goes on
+
+
+def test_sampler_lock_in_process(tmp_path: Path) -> None:
+    import os
+
+    from inag.dataset import DatasetError, sampler_lock
+
+    db = tmp_path / "sub" / "d.sqlite"
+    with sampler_lock(db) as lock:
+        assert lock.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(DatasetError, match=f"pid {os.getpid()}"), sampler_lock(db):
+            pass
+    assert not lock.exists()
+    lock.write_text("12345\n")  # stale: left by a process killed with -9; flock is free
+    with sampler_lock(db):
+        assert lock.read_text() == f"{os.getpid()}\n"
