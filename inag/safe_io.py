@@ -332,8 +332,14 @@ def _check_parent(parent: Path, p: Path, what: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, binary: bool = False) -> Iterator[IO[Any]]:
-    """A handle on a temporary file beside ``path`` that replaces it only on success."""
+def atomic_open(
+    path: str | Path, binary: bool = False, mode: int | None = None
+) -> Iterator[IO[Any]]:
+    """A handle on a temporary file beside ``path`` that replaces it only on success.
+
+    The file keeps the permissions of the one it replaces (new files: 0666 minus the umask),
+    or gets ``mode`` if given (0o600: owner-only from the first byte on).
+    """
     p = Path(path).expanduser()
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -341,12 +347,13 @@ def atomic_open(path: str | Path, binary: bool = False) -> Iterator[IO[Any]]:
     except OSError as exc:
         raise InputError(f"{p}: cannot write it ({exc.strerror or exc})") from None
     try:
-        try:
-            mode = stat.S_IMODE(p.stat().st_mode)
-        except OSError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
+        if mode is None:
+            try:
+                mode = stat.S_IMODE(p.stat().st_mode)
+            except OSError:
+                umask = os.umask(0)
+                os.umask(umask)
+                mode = 0o666 & ~umask
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else _TEXT)) as fh:
             yield fh
@@ -364,13 +371,13 @@ def atomic_open(path: str | Path, binary: bool = False) -> Iterator[IO[Any]]:
 _TEXT: dict[str, Any] = {"encoding": "utf-8", "newline": ""}
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> Path:
     """Write ``data`` to ``path`` atomically: readers see the old file or the new one."""
-    with atomic_open(path, binary=True) as fh:
+    with atomic_open(path, binary=True, mode=mode) as fh:
         fh.write(data)
     return Path(path)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> Path:
     """UTF-8 ``text`` to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import sqlite3
 import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -885,3 +887,151 @@ def test_sampler_lock_in_process(tmp_path: Path) -> None:
     lock.write_text("12345\n")  # stale: left by a process killed with -9; flock is free
     with sampler_lock(db):
         assert lock.read_text() == f"{os.getpid()}\n"
+
+
+# ---------------------------------------------------------------------------- cached C kernels
+@pytest.fixture(scope="module")
+def built_kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build of the kernels (in a cache of its own) that each test copies."""
+    root = tmp_path_factory.mktemp("kcache")
+    env = {k: v for k, v in os.environ.items() if k != "INAG_CACHE_DIR"}
+    subprocess.run(
+        [sys.executable, "-c", "from inag import kernels; kernels.library_path()"],
+        env={**env, "INAG_CACHE_DIR": str(root)},
+        check=False,
+        timeout=120,
+    )
+    return root
+
+
+@pytest.fixture
+def kernel_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, built_kernel_cache: Path
+) -> Iterator[Any]:
+    """The kernels module on a cache of its own (a copy of one build), with a record of what
+    ctypes loads (the sha256 of the bytes behind each path it is given)."""
+    import ctypes
+    import hashlib
+    import shutil
+
+    from inag import kernels
+
+    if not kernels.available() or not any(built_kernel_cache.rglob("*.so")):
+        pytest.skip("no C compiler here")
+    shutil.copytree(built_kernel_cache, tmp_path / "cache")
+    monkeypatch.setenv("INAG_CACHE_DIR", str(tmp_path / "cache"))
+    caches = (kernels.library_path, kernels.qat_library, kernels.available)
+    loaded: list[str] = []
+    real = ctypes.CDLL
+
+    def recording_cdll(name: str, *args: Any, **kw: Any) -> Any:
+        loaded.append(hashlib.sha256(Path(name).read_bytes()).hexdigest())
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(kernels.ctypes, "CDLL", recording_cdll)
+    kernels.loaded = loaded
+    for f in caches:
+        f.cache_clear()
+    yield kernels
+    for f in caches:
+        f.cache_clear()
+    del kernels.loaded
+
+
+def _recorded(lib: Path) -> str:
+    return lib.with_name(lib.name + ".sha256").read_text().split()[0]
+
+
+def test_kernel_cache_is_owner_only_and_records_the_hash(kernel_cache: Any) -> None:
+    import hashlib
+    import stat
+
+    from inag.hostinfo import cache_root
+
+    lib = kernel_cache.library_path()
+    assert lib.parent == cache_root() / "kernels" == kernel_cache.cache_dir()
+    assert stat.S_IMODE(lib.parent.stat().st_mode) == 0o700
+    for f in (lib, lib.with_name(lib.name + ".sha256")):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert _recorded(lib) == hashlib.sha256(lib.read_bytes()).hexdigest()
+    kernel_cache.qat_library()
+    assert kernel_cache.loaded == [_recorded(lib)]
+
+
+def _tamper(lib: Path, how: str) -> None:
+    side = lib.with_name(lib.name + ".sha256")
+    if how == "library_bytes":
+        lib.write_bytes(lib.read_bytes() + b"\x90" * 16)
+    elif how == "library_replaced":
+        lib.write_bytes(b"\x7fELF not the library we built")
+    elif how == "recorded_hash":
+        side.write_text("0" * 64 + "  x.so\n")
+    elif how == "hash_missing":
+        side.unlink()
+    elif how == "world_writable":
+        lib.chmod(0o666)
+    else:
+        raise AssertionError(how)
+
+
+KERNEL_TAMPERING = [
+    "library_bytes",
+    "library_replaced",
+    "recorded_hash",
+    "hash_missing",
+    "world_writable",
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", KERNEL_TAMPERING)
+def test_tampered_kernel_library_is_rebuilt_never_loaded(kernel_cache: Any, how: str) -> None:
+    """Tampered before the process starts (library_path) or after it checked (qat_library):
+    either way the library is rebuilt and only a verified one is loaded."""
+    import hashlib
+
+    lib = kernel_cache.library_path()
+    good = hashlib.sha256(lib.read_bytes()).hexdigest()
+    _tamper(lib, how)
+    if how in ("library_bytes", "recorded_hash"):  # behind the cached path's back
+        kernel_cache.qat_library()
+    else:  # before this process looked at the cache
+        kernel_cache.library_path.cache_clear()
+        assert kernel_cache.library_path() == lib
+        kernel_cache.qat_library()
+    assert hashlib.sha256(lib.read_bytes()).hexdigest() == _recorded(lib)
+    assert kernel_cache.loaded == [_recorded(lib)]
+    assert _recorded(lib) == good  # the same build again, deterministic
+
+
+@pytest.mark.timeout(120)
+def test_tampered_kernel_in_a_cache_we_cannot_fix_is_refused(
+    kernel_cache: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cache that is not ours (root: another user owns it) or not writable (others: mode
+    0500) with a tampered library: refused with a clear message; auto falls back to torch."""
+    import os
+
+    lib = kernel_cache.library_path()
+    _tamper(lib, "library_bytes")
+    for f in (kernel_cache.library_path, kernel_cache.qat_library, kernel_cache.available):
+        f.cache_clear()
+    if os.getuid() == 0:
+        os.chown(lib.parent, 65534, 65534)
+        needle = "belongs to uid 65534"
+    else:
+        lib.parent.chmod(0o500)
+        needle = "not writable"
+    try:
+        with pytest.raises(kernel_cache.KernelUnavailable, match="refusing") as info:
+            kernel_cache.qat_library()
+        assert needle in str(info.value) and "INAG_CACHE_DIR" in str(info.value)
+        assert not kernel_cache.available()
+        assert kernel_cache.loaded == []  # ctypes never saw it
+        code, _, err = run(capsys, "sample", "--engine", "c", "-n", 2, "--db",
+                           lib.parent.parent.parent / "d.sqlite")  # fmt: skip
+        assert_error(code, err, "refusing", needle)
+    finally:
+        if os.getuid() == 0:
+            os.chown(lib.parent, 0, 0)
+        lib.parent.chmod(0o700)
