@@ -36,6 +36,7 @@ from export import quant
 from export.errors import ExportError
 from inag.arch import ArchError, ArchSpec
 from inag.ir import compute_nodes, lower
+from inag.ir.ops import get_op
 
 NET_FORMAT = "inag-qat-net-v1"  # written by inag.trainer.train_final (same string)
 INPUT_QMAX = 127  # network input codes are clamped to [-127, 127] (symmetric int8)
@@ -315,16 +316,14 @@ def unit_shapes(arch: ArchSpec) -> list[dict[str, Any]]:
         u = node["unit"]
         last = g.nodes[units[u][-1]]
         in_shape = tuple(node["in_shape"])
-        conv = node["op"] == "conv"
-        n_out = node["channels"] if conv else node["units"]
+        op = get_op(node["op"])
+        spec = node["spec"]
+        n_out = spec.width
         head = name == "head.dense"
-        if conv:
-            wshape: tuple[int, ...] = (n_out, in_shape[0], node["kernel"], node["kernel"])
-        else:
-            wshape = (in_shape[0], n_out)
+        wshape = op.weight_shape(in_shape, spec)
         out.append(
             {
-                "kind": "conv" if conv else "dense",
+                "kind": op.name,
                 "bits": node["bits"],
                 "in_bits": node["in_bits"],
                 "head": head,
@@ -337,7 +336,7 @@ def unit_shapes(arch: ArchSpec) -> list[dict[str, Any]]:
                 "stride": node.get("stride", 1),
                 "pad": node.get("pad", 0),
                 "pool": next((g.nodes[n]["pool"] for n in units[u] if "pool" in g.nodes[n]), 1),
-                "flatten": not conv and prev_rank > 1,
+                "flatten": not op.spatial and prev_rank > 1,
             }
         )
         prev_rank = len(last["out_shape"])

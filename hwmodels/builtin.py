@@ -22,12 +22,14 @@ from pydantic import BaseModel, ConfigDict
 from hwmodels.base import HardwareModel, HardwareModelError
 from hwmodels.scaling import mixed, per_width
 from inag.ir import LayerTable
+from inag.ir.ops import op_code
 from inag.platform import PositiveSourced, Sourced
 
 Law = Literal["flat_container", "quadratic", "linear", "inverse_quadratic"]
 WeightStorage = Literal["packed", "container"]
 PJ = 1e-12
 C_RUNTIMES = ("c", "qemu", "serial")  # INAG's standalone C build, on the host or a Cortex-M
+CONV = op_code("conv")  # conv units have their own MAC throughput (conv_macs_per_cycle)
 
 
 class _P(BaseModel):
@@ -224,7 +226,7 @@ class RooflineLatency(HardwareModel):
     def _layer_cost(self, t: LayerTable) -> np.ndarray:
         p: RooflineParams = self.params  # type: ignore[assignment]
         thr = np.where(
-            t.is_conv,
+            t.op == CONV,
             mixed(*self._conv, t.bits, t.in_bits),
             mixed(*self._dense, t.bits, t.in_bits),
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 MIN_BITS = 2
@@ -42,27 +42,31 @@ class LayerSpec:
     pool: int = 1
 
     def __post_init__(self) -> None:
+        from inag.ir.ops import PARAM_DEFAULTS, UnknownOpError, get_op
+
         _check_int("width", self.width, 1, 1 << 20)
         _check_int("bits", self.bits, MIN_BITS, MAX_BITS)
-        if self.kind not in ("dense", "conv"):
-            raise ArchError(f"layer kind must be 'dense' or 'conv', found {self.kind!r}")
-        if self.kind == "dense":
-            if (self.kernel, self.stride, self.pool) != (1, 1, 1):
+        try:
+            op = get_op(self.kind)
+        except UnknownOpError as exc:
+            raise ArchError(str(exc)) from None
+        for p, default in PARAM_DEFAULTS.items():
+            if p in op.params:
+                _check_int(p, getattr(self, p), *op.params[p])
+            elif getattr(self, p) != default:
                 raise ArchError(
-                    "a dense layer has no kernel/stride/pool (all must be 1), found "
-                    f"kernel={self.kernel}, stride={self.stride}, pool={self.pool}"
+                    f"a {self.kind} layer has no {p} (it must be {default}), found "
+                    f"{p}={getattr(self, p)}"
                 )
-        else:
-            _check_int("kernel", self.kernel, 1, 15)
-            if self.kernel % 2 == 0:
-                raise ArchError(f"conv kernel must be odd ('same' padding), found {self.kernel}")
-            _check_int("stride", self.stride, 1, 8)
-            _check_int("pool", self.pool, 1, 8)
+        problem = op.check(self)
+        if problem:
+            raise ArchError(problem)
 
     def to_dict(self) -> dict[str, Any]:
-        if self.kind == "dense":
-            return {"kind": "dense", "width": self.width, "bits": self.bits}
-        return asdict(self)
+        from inag.ir.ops import get_op
+
+        out: dict[str, Any] = {"kind": self.kind, "width": self.width, "bits": self.bits}
+        return out | {p: getattr(self, p) for p in get_op(self.kind).params}
 
     @staticmethod
     def from_dict(data: Any, where: str = "layer") -> LayerSpec:
@@ -111,25 +115,27 @@ class ArchSpec:
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, LayerSpec):
                 raise ArchError(f"layers[{i}] must be a LayerSpec, found {type(layer).__name__}")
+        from inag.ir.ops import get_op
+
+        ops = [get_op(layer.kind) for layer in self.layers]
         if self.kind == "mlp":
-            if any(layer.kind != "dense" for layer in self.layers):
-                raise ArchError("an mlp has dense layers only")
+            if any(op.spatial for op in ops):
+                raise ArchError("an mlp has non-spatial (dense) layers only")
         else:
             if len(shape) != 3:
                 raise ArchError(f"a cnn needs input_shape (C, H, W), found {shape}")
-            kinds = [layer.kind for layer in self.layers]
-            if kinds[0] != "conv":
-                raise ArchError("a cnn starts with a conv layer")
-            first_dense = kinds.index("dense") if "dense" in kinds else len(kinds)
-            if "conv" in kinds[first_dense:]:
-                raise ArchError("a cnn has its conv layers first, then dense layers")
-            h, w = shape[1], shape[2]
-            for i, layer in enumerate(self.layers[:first_dense]):
-                h, w = conv_out_hw(h, w, layer)
-                if h < 1 or w < 1:
+            if not ops[0].spatial:
+                raise ArchError("a cnn starts with a spatial (conv) layer")
+            first_flat = next((i for i, op in enumerate(ops) if not op.spatial), len(ops))
+            if any(op.spatial for op in ops[first_flat:]):
+                raise ArchError("a cnn has its spatial (conv) layers first, then dense layers")
+            fmap: tuple[int, ...] = shape
+            for i, (op, layer) in enumerate(zip(ops[:first_flat], self.layers, strict=False)):
+                fmap = op.out_shape(fmap, layer)
+                if min(fmap[1:]) < 1:
                     raise ArchError(
                         f"layers[{i}] (stride {layer.stride}, pool {layer.pool}) shrinks the "
-                        f"feature map to {h}x{w}; it must stay at least 1x1"
+                        f"feature map to {fmap[1]}x{fmap[2]}; it must stay at least 1x1"
                     )
 
     @property
@@ -220,11 +226,11 @@ class ArchSpec:
 
 
 def conv_out_hw(h: int, w: int, layer: LayerSpec) -> tuple[int, int]:
-    """Spatial size after a 'same'-padded strided conv and a floor max-pool."""
-    pad = layer.kernel // 2
-    h = (h + 2 * pad - layer.kernel) // layer.stride + 1
-    w = (w + 2 * pad - layer.kernel) // layer.stride + 1
-    return h // layer.pool, w // layer.pool
+    """Spatial size a spatial layer leaves (its op's output shape), for callers with sizes."""
+    from inag.ir.ops import get_op
+
+    _, oh, ow = get_op(layer.kind).out_shape((1, h, w), layer)
+    return oh, ow
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:

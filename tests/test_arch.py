@@ -160,7 +160,7 @@ def test_depth_and_summary():
         ({"width": 8, "bits": 4, "kind": "conv", "stride": 0}, "stride must be in"),
         ({"width": 8, "bits": 4, "kind": "conv", "pool": 0}, "pool must be in"),
         ({"width": 8, "bits": 4, "kind": "dense", "kernel": 3}, "a dense layer has no kernel"),
-        ({"width": 8, "bits": 4, "kind": "lstm"}, "layer kind must be 'dense' or 'conv'"),
+        ({"width": 8, "bits": 4, "kind": "lstm"}, "unknown layer kind 'lstm'; known: conv, dense"),
         ({"width": 8.0, "bits": 4}, "width must be an integer, found 8.0 (float)"),
         ({"width": "8", "bits": 4}, "width must be an integer, found '8' (str)"),
         ({"width": 8, "bits": True}, "bits must be an integer, found True (bool)"),
@@ -207,7 +207,7 @@ def _mlp_dict(**over):
         (_mlp_dict(input_shape=4), "'input_shape' must be a list, found int"),
         (
             _mlp_dict(layers=[{"width": 4, "bits": 8, "kind": "conv", "kernel": 3}]),
-            "an mlp has dense layers only",
+            "an mlp has non-spatial (dense) layers only",
         ),
         ([1, 2], "an architecture is a JSON object, found list"),
     ],
@@ -237,12 +237,12 @@ def _cnn(*layers: LayerSpec, shape=(1, 8, 8)) -> ArchSpec:
 
 
 def test_cnn_conv_after_dense_is_rejected():
-    with pytest.raises(ArchError, match="conv layers first, then dense"):
+    with pytest.raises(ArchError, match=r"spatial \(conv\) layers first, then dense"):
         _cnn(LayerSpec(4, 8, "conv", 3), LayerSpec(16, 8), LayerSpec(4, 8, "conv", 3))
 
 
 def test_cnn_must_start_with_conv():
-    with pytest.raises(ArchError, match="starts with a conv layer"):
+    with pytest.raises(ArchError, match=r"starts with a spatial \(conv\) layer"):
         _cnn(LayerSpec(16, 8), LayerSpec(4, 8, "conv", 3))
 
 

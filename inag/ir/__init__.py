@@ -10,8 +10,8 @@ fuse them, so costs are per unit, HW-NAS-Bench issue #3). The head (output layer
 with an int32 output and no relu.
 
 ``layer_table`` / ``layer_table_many`` give the per-unit numbers as dense numpy arrays — the
-batch path that hardware models evaluate without building graphs. It is computed independently
-of the graph, and tests check the two agree.
+batch path that hardware models evaluate without building graphs: a compiled view of the same
+op definitions (``inag.ir.ops``) the graph passes call, tested equal to the per-graph path.
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from inag.arch import ArchSpec, LayerSpec, conv_out_hw
+from inag.arch import ArchSpec, LayerSpec
+from inag.ir.ops import NODE_SHAPES, available_ops, get_op
 
 INPUT_BITS = 8  # the network input is quantized to 8 bits (docs/decisions.md)
 ACC_BITS = 32  # int32 accumulators, biases and head output (Jacob et al. 2017)
-COMPUTE_OPS = ("dense", "conv")
+
+
+def is_compute(op: str) -> bool:
+    """A node that computes a unit (a registered layer op), not a structural one."""
+    return op in available_ops()
 
 
 class IRError(ValueError):
@@ -58,7 +63,7 @@ class Pass:
 
 
 def _compute_nodes(graph: nx.DiGraph) -> list[str]:
-    return [n for n in graph.graph["order"] if graph.nodes[n]["op"] in COMPUTE_OPS]
+    return [n for n in graph.graph["order"] if is_compute(graph.nodes[n]["op"])]
 
 
 def _infer_shapes(graph: nx.DiGraph) -> None:
@@ -71,39 +76,20 @@ def _infer_shapes(graph: nx.DiGraph) -> None:
             node["in_shape"] = shape
         else:
             node["in_shape"] = shape
-            if op == "conv":
-                c, h, w = shape
-                oh, ow = conv_out_hw(
-                    h, w, LayerSpec(1, 8, "conv", node["kernel"], node["stride"], 1)
-                )
-                shape = (node["channels"], oh, ow)
-            elif op == "maxpool":
-                c, h, w = shape
-                shape = (c, h // node["pool"], w // node["pool"])
-            elif op == "flatten":
-                shape = (math.prod(shape),)
-            elif op == "dense":
-                shape = (node["units"],)
+            if is_compute(op):
+                shape = get_op(op).compute_shape(shape, node["spec"])
+            else:
+                shape = NODE_SHAPES[op](shape, node)
         node["out_shape"] = shape
 
 
 def _count(graph: nx.DiGraph) -> None:
     for name in graph.graph["order"]:
         node = graph.nodes[name]
-        op = node["op"]
         node["weights"] = node["biases"] = node["macs"] = node["fmap"] = 0
-        if op == "dense":
-            (n_in,) = node["in_shape"]
-            node["weights"] = n_in * node["units"]
-            node["biases"] = node["units"]
-            node["macs"] = n_in * node["units"]
-        elif op == "conv":
-            c_in = node["in_shape"][0]
-            c_out, oh, ow = node["out_shape"]
-            k = node["kernel"]
-            node["weights"] = c_out * c_in * k * k
-            node["biases"] = c_out
-            node["macs"] = c_out * oh * ow * c_in * k * k
+        if is_compute(node["op"]):
+            c = get_op(node["op"]).counts(node["in_shape"], node["spec"])
+            node["weights"], node["biases"], node["macs"] = c.weights, c.biases, c.macs
     # F(i): elements of the tensor a unit writes (after its fused relu/pool).
     for name in _compute_nodes(graph):
         last = graph.graph["units"][graph.nodes[name]["unit"]][-1]
@@ -134,52 +120,25 @@ def lower(arch: ArchSpec, passes: Sequence[Pass] = STANDARD_PASSES) -> nx.DiGrap
         add("flatten_in", op="flatten", bits=INPUT_BITS, unit=-1)
     in_bits = INPUT_BITS
     flattened = arch.kind == "mlp"
-    for i, layer in enumerate(arch.layers):
+    head_spec = LayerSpec(arch.output_size, arch.output_bits)
+    for i, layer in enumerate((*arch.layers, head_spec)):
+        head = i == len(arch.layers)
+        op = get_op(layer.kind)
+        if not op.spatial and not flattened:
+            add("flatten", op="flatten", bits=in_bits, unit=-1)
+            flattened = True
+        out_bits = ACC_BITS if head else layer.bits
         common = {"unit": i, "bits": layer.bits}
-        if layer.kind == "conv":
-            add(
-                f"L{i}.conv",
-                op="conv",
-                channels=layer.width,
-                kernel=layer.kernel,
-                stride=layer.stride,
-                pad=layer.kernel // 2,
-                in_bits=in_bits,
-                out_bits=layer.bits,
-                **common,
-            )
-        else:
-            if not flattened:
-                add("flatten", op="flatten", bits=in_bits, unit=-1)
-                flattened = True
-            add(
-                f"L{i}.dense",
-                op="dense",
-                units=layer.width,
-                in_bits=in_bits,
-                out_bits=layer.bits,
-                **common,
-            )
+        name = "head.dense" if head else f"L{i}.{op.name}"
+        add(name, op=op.name, spec=layer, in_bits=in_bits, out_bits=out_bits, **common,
+            **op.attrs(layer))  # fmt: skip
         units[i] = [order[-1]]
-        add(f"L{i}.relu", op="relu", **common)
-        units[i].append(order[-1])
-        if layer.kind == "conv" and layer.pool > 1:
-            add(f"L{i}.pool", op="maxpool", pool=layer.pool, **common)
+        if head:
+            break
+        for fused, attrs in op.fused(layer):
+            add(f"L{i}.{'pool' if fused == 'maxpool' else fused}", op=fused, **attrs, **common)
             units[i].append(order[-1])
         in_bits = layer.bits
-    head = len(arch.layers)
-    if not flattened:
-        add("flatten", op="flatten", bits=in_bits, unit=-1)
-    add(
-        "head.dense",
-        op="dense",
-        units=arch.output_size,
-        in_bits=in_bits,
-        out_bits=ACC_BITS,
-        unit=head,
-        bits=arch.output_bits,
-    )
-    units[head] = [order[-1]]
     add("output", op="output", bits=ACC_BITS, unit=-1)
     g.graph["facts"].add("lowered")
     for p in passes:
@@ -227,10 +186,18 @@ def verify(graph: nx.DiGraph) -> None:
                 v = node.get(key)
                 if not isinstance(v, int) or v < 0:
                     raise IRError(f"node {name}: {key} must be a non-negative int, found {v!r}")
-            if node["op"] in COMPUTE_OPS and node["macs"] != node["weights"] * (
-                1 if node["op"] == "dense" else node["out_shape"][1] * node["out_shape"][2]
-            ):
-                raise IRError(f"node {name}: MACs do not match weights x output positions")
+            if is_compute(node["op"]):
+                want = get_op(node["op"]).counts(node["in_shape"], node["spec"])
+                if (node["macs"], node["weights"], node["biases"]) != (
+                    want.macs,
+                    want.weights,
+                    want.biases,
+                ):
+                    raise IRError(
+                        f"node {name}: MACs/weights/biases {node['macs']}/{node['weights']}/"
+                        f"{node['biases']} differ from its op's {want.macs}/{want.weights}/"
+                        f"{want.biases}"
+                    )
     for fact in facts:
         if fact.startswith("cost:"):
             key = fact
@@ -250,7 +217,7 @@ TABLE_FIELDS = (
     "bits",
     "in_bits",
     "out_bits",
-    "is_conv",
+    "op",
 )
 
 
@@ -260,7 +227,8 @@ class LayerTable:
 
     ``mask`` marks real units. ``bits`` is the nominal B(i) (weights and output activations),
     ``in_bits`` the nominal bits of the unit's input, ``out_bits`` those of its output (32 for
-    the head). ``weights`` excludes biases; W(i) of eq. 2 is ``weights + biases``.
+    the head). ``weights`` excludes biases; W(i) of eq. 2 is ``weights + biases``. ``op`` is
+    the unit's op code (``inag.ir.ops.op_code("conv")``).
     """
 
     mask: np.ndarray
@@ -272,7 +240,7 @@ class LayerTable:
     bits: np.ndarray
     in_bits: np.ndarray
     out_bits: np.ndarray
-    is_conv: np.ndarray
+    op: np.ndarray
 
     @property
     def n_archs(self) -> int:
@@ -288,9 +256,7 @@ class LayerTable:
             if r:
                 data[:, a, : len(r)] = np.asarray(r, dtype=np.int64).T
                 mask[a, : len(r)] = True
-        arrays = dict(zip(TABLE_FIELDS, data, strict=True))
-        arrays["is_conv"] = arrays["is_conv"].astype(bool)
-        return LayerTable(mask=mask, **arrays)
+        return LayerTable(mask=mask, **dict(zip(TABLE_FIELDS, data, strict=True)))
 
     def select(self, rows: np.ndarray | Sequence[int]) -> LayerTable:
         idx = np.asarray(rows)
@@ -298,44 +264,22 @@ class LayerTable:
 
 
 def arch_rows(arch: ArchSpec) -> list[tuple[int, ...]]:
-    """Per-unit (TABLE_FIELDS) tuples of one architecture, computed without a graph."""
+    """Per-unit (TABLE_FIELDS) tuples of one architecture, from the op definitions alone
+    (no graph): the compiled view the batch path uses."""
     rows = []
     shape = tuple(arch.input_shape)
     in_bits = INPUT_BITS
-    for layer in arch.layers:
-        if layer.kind == "conv":
-            c, h, w = shape
-            oh, ow = conv_out_hw(h, w, LayerSpec(1, 8, "conv", layer.kernel, layer.stride, 1))
-            weights = layer.width * c * layer.kernel**2
-            macs = weights * oh * ow
-            fmap_in = c * h * w
-            shape = (layer.width, oh // layer.pool, ow // layer.pool)
-            conv = 1
-        else:
-            n_in = math.prod(shape)
-            weights = macs = n_in * layer.width
-            fmap_in = n_in
-            shape = (layer.width,)
-            conv = 0
+    head = LayerSpec(arch.output_size, arch.output_bits)
+    for layer in (*arch.layers, head):
+        op = get_op(layer.kind)
+        c = op.counts(shape, layer)
+        out_bits = ACC_BITS if layer is head else layer.bits
         rows.append(
-            (
-                macs,
-                weights,
-                layer.width,
-                fmap_in,
-                math.prod(shape),
-                layer.bits,
-                in_bits,
-                layer.bits,
-                conv,
-            )
-        )
+            (c.macs, c.weights, c.biases, c.fmap_in, c.fmap, layer.bits, in_bits, out_bits,
+             op.code)
+        )  # fmt: skip
+        shape = op.out_shape(shape, layer)
         in_bits = layer.bits
-    n_in = math.prod(shape)
-    n_out = arch.output_size
-    rows.append(
-        (n_in * n_out, n_in * n_out, n_out, n_in, n_out, arch.output_bits, in_bits, ACC_BITS, 0)
-    )
     return rows
 
 
@@ -361,7 +305,7 @@ def node_row(node: dict) -> tuple[int, ...]:
         node["bits"],
         node["in_bits"],
         node["out_bits"],
-        int(node["op"] == "conv"),
+        get_op(node["op"]).code,
     )
 
 
