@@ -16,6 +16,7 @@ op definitions (``inag.ir.ops``) the graph passes call, tested equal to the per-
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,12 @@ from inag.ir.ops import NODE_SHAPES, available_ops, get_op
 
 INPUT_BITS = 8  # the network input is quantized to 8 bits (docs/decisions.md)
 ACC_BITS = 32  # int32 accumulators, biases and head output (Jacob et al. 2017)
+
+
+@functools.lru_cache(maxsize=4096)
+def head_spec(output_size: int, output_bits: int) -> LayerSpec:
+    """The implicit head as a dense layer (memoized: every arch of a bag shares a few)."""
+    return LayerSpec(output_size, output_bits)
 
 
 def is_compute(op: str) -> bool:
@@ -120,8 +127,7 @@ def lower(arch: ArchSpec, passes: Sequence[Pass] = STANDARD_PASSES) -> nx.DiGrap
         add("flatten_in", op="flatten", bits=INPUT_BITS, unit=-1)
     in_bits = INPUT_BITS
     flattened = arch.kind == "mlp"
-    head_spec = LayerSpec(arch.output_size, arch.output_bits)
-    for i, layer in enumerate((*arch.layers, head_spec)):
+    for i, layer in enumerate((*arch.layers, head_spec(arch.output_size, arch.output_bits))):
         head = i == len(arch.layers)
         op = get_op(layer.kind)
         if not op.spatial and not flattened:
@@ -269,16 +275,17 @@ def arch_rows(arch: ArchSpec) -> list[tuple[int, ...]]:
     rows = []
     shape = tuple(arch.input_shape)
     in_bits = INPUT_BITS
-    head = LayerSpec(arch.output_size, arch.output_bits)
+    head = head_spec(arch.output_size, arch.output_bits)
+    ops = available_ops()
     for layer in (*arch.layers, head):
-        op = get_op(layer.kind)
-        c = op.counts(shape, layer)
+        op = ops.get(layer.kind) or get_op(layer.kind)
+        c, shape_out = op.unit(shape, layer)
         out_bits = ACC_BITS if layer is head else layer.bits
         rows.append(
             (c.macs, c.weights, c.biases, c.fmap_in, c.fmap, layer.bits, in_bits, out_bits,
              op.code)
         )  # fmt: skip
-        shape = op.out_shape(shape, layer)
+        shape = shape_out
         in_bits = layer.bits
     return rows
 

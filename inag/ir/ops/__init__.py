@@ -6,7 +6,7 @@ ones. ``register_op`` adds one (a test registers a test-only op; docs/extending.
 
 from __future__ import annotations
 
-from inag.ir.ops.base import NODE_SHAPES, PARAM_DEFAULTS, Counts, LayerOp, Shape
+from inag.ir.ops.base import NODE_SHAPES, PARAM_DEFAULTS, Counts, LayerOp, Shape, clear_unit_cache
 from inag.ir.ops.conv import Conv, conv_hw
 from inag.ir.ops.dense import Dense
 
@@ -25,11 +25,13 @@ def register_op(op: LayerOp, replace: bool = False) -> LayerOp:
         if any(o.code == op.code for o in _OPS.values()):
             raise ValueError(f"op code {op.code} of {op.name!r} is already taken")
     _OPS[op.name] = op
+    clear_unit_cache()
     return op
 
 
 def unregister_op(name: str) -> None:
     _OPS.pop(name, None)
+    clear_unit_cache()
 
 
 def get_op(kind: str) -> LayerOp:
@@ -42,7 +44,8 @@ def get_op(kind: str) -> LayerOp:
 
 
 def available_ops() -> dict[str, LayerOp]:
-    return dict(_OPS)
+    """The registry itself (read-only by convention: use register_op to change it)."""
+    return _OPS
 
 
 def op_code(kind: str) -> int:

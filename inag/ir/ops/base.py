@@ -66,25 +66,45 @@ class LayerOp(ABC):
     # ------------------------------------------------------------------ derived
     def out_shape(self, in_shape: Shape, layer: LayerSpec) -> Shape:
         """Shape the unit writes: the compute node, then its fused nodes."""
-        shape = self.compute_shape(in_shape, layer)
-        for op, attrs in self.fused(layer):
-            shape = NODE_SHAPES[op](shape, attrs)
-        return shape
+        return self.unit(in_shape, layer)[1]
 
     def counts(self, in_shape: Shape, layer: LayerSpec) -> Counts:
         """MACs = weights x output positions of the compute node (every weight is used once
         per output position); biases = one per output channel."""
-        w_shape = self.weight_shape(in_shape, layer)
-        weights = math.prod(w_shape)
+        return self.unit(in_shape, layer)[0]
+
+    def unit(self, in_shape: Shape, layer: LayerSpec) -> tuple[Counts, Shape]:
+        """Counts and output shape of one unit, memoized: a bag of thousands of nets repeats
+        the same (op, input shape, layer) many times, and the batch table is the hot path."""
+        key = (self.name, in_shape, layer)
+        hit = _UNITS.get(key)
+        if hit is not None:
+            return hit
         c_shape = self.compute_shape(in_shape, layer)
+        shape = c_shape
+        for op, attrs in self.fused(layer):
+            shape = NODE_SHAPES[op](shape, attrs)
+        weights = math.prod(self.weight_shape(in_shape, layer))
         positions = math.prod(c_shape[1:]) if self.spatial else 1
-        return Counts(
+        counts = Counts(
             macs=weights * positions,
             weights=weights,
             biases=layer.width,
             fmap_in=math.prod(in_shape),
-            fmap=math.prod(self.out_shape(in_shape, layer)),
+            fmap=math.prod(shape),
         )
+        if len(_UNITS) > 200_000:
+            _UNITS.clear()
+        _UNITS[key] = (counts, shape)
+        return counts, shape
+
+
+_UNITS: dict[tuple[Any, ...], tuple[Counts, Shape]] = {}
+
+
+def clear_unit_cache() -> None:
+    """Forget memoized units (an op re-registered under the same name)."""
+    _UNITS.clear()
 
 
 # ---------------------------------------------------------------------------- structure
