@@ -121,3 +121,17 @@ def test_export_reader_names_its_own_forms(tmp_path: Path) -> None:
     two.write_text("\n".join(a.to_json() for a in archs(2)))
     with pytest.raises(ExportError, match="give exactly one architecture"):
         read_arch(str(two))
+
+
+def test_graph_prints_the_lowered_graph_costed_per_node(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    arch = load_space("cnn").sample_many(np.random.default_rng(3), 1)[0]
+    capsys.readouterr()
+    assert main(["cost", arch.to_json(), "--platform", "cortex_m", "--graph"]) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("  ") and "MACs" in ln]
+    assert len(lines) == arch.depth + 1 and "L0.conv" in out and "head.dense" in out
+    per_node = sum(float(ln.split("energy_j=")[1].split()[0]) for ln in lines)
+    total = PlatformCoster(load_platform("cortex_m")).cost([arch]).totals["energy"][0]
+    assert per_node == pytest.approx(total, rel=1e-3)  # printed to 4 significant digits
