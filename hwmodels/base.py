@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -31,8 +31,11 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class HardwareModel(ABC):
-    """Per-unit cost of networks on one platform.
+P = TypeVar("P", bound=BaseModel)
+
+
+class HardwareModel(ABC, Generic[P]):
+    """Per-unit cost of networks on one platform (generic over its validated params type).
 
     Subclasses set ``name`` (the registry key used in platform YAML), ``quantity`` (the
     unit-suffixed name of what they return), ``reduce`` (``sum`` over units, or ``max`` for
@@ -47,11 +50,14 @@ class HardwareModel(ABC):
     # Params fields `inag calibrate` may fit: Sourced numbers, or tables of them by bit-width
     fittable: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, platform: Platform, params: BaseModel | Mapping[str, Any] | None = None):
+    def __init__(self, platform: Platform, params: P | Mapping[str, Any] | None = None):
         self.platform = platform
-        if params is None or isinstance(params, Mapping):
-            params = self.Params.model_validate(dict(params or {}))
-        self.params = params
+        validated = (
+            self.Params.model_validate(dict(params or {}))
+            if params is None or isinstance(params, Mapping)
+            else params
+        )
+        self.params: P = cast(P, validated)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

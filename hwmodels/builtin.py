@@ -14,16 +14,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from hwmodels.base import HardwareModel, HardwareModelError
+from hwmodels.base import HardwareModel, HardwareModelError, NoParams
 from hwmodels.scaling import mixed, per_width
 from inag.ir import LayerTable
 from inag.ir.ops import op_code
-from inag.platform import PositiveSourced, Sourced
+from inag.platform import Platform, PositiveSourced, Sourced
 
 Law = Literal["flat_container", "quadratic", "linear", "inverse_quadratic"]
 WeightStorage = Literal["packed", "container"]
@@ -36,18 +36,21 @@ class _P(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _containers(model: HardwareModel, bits: np.ndarray, which: str) -> np.ndarray:
+Which = Literal["weight", "activation"]
+
+
+def _containers(model: HardwareModel[Any], bits: np.ndarray, which: Which) -> np.ndarray:
     """Container width of every nominal width in ``bits`` (32-bit accumulators stay 32)."""
     lut = np.array([model.platform.container(b, which) if b else 0 for b in range(33)])
     return lut[np.clip(bits, 0, 32)]
 
 
-def _weight_bits(model: HardwareModel, t: LayerTable, storage: WeightStorage) -> np.ndarray:
+def _weight_bits(model: HardwareModel[Any], t: LayerTable, storage: WeightStorage) -> np.ndarray:
     return t.bits if storage == "packed" else _containers(model, t.bits, "weight")
 
 
 def _lut(
-    model: HardwareModel, param: str, table: dict[int, float], law: str, which: str
+    model: HardwareModel[Any], param: str, table: dict[int, float], law: str, which: Which
 ) -> np.ndarray:
     """``per_width`` for one parameter table; a bad table is an error naming the parameter."""
     try:
@@ -58,7 +61,7 @@ def _lut(
         ) from None
 
 
-class Eq2Storage(HardwareModel):
+class Eq2Storage(HardwareModel[NoParams]):
     """Paper eq. 2: every weight, bias and output feature-map value at the layer's B(i)."""
 
     name = "eq2_storage"
@@ -75,7 +78,7 @@ class FlashParams(_P):
     runtime_bytes: Sourced | None = None  # inference code linked into flash
 
 
-class Flash(HardwareModel):
+class Flash(HardwareModel[FlashParams]):
     name = "flash"
     quantity = "flash_bytes"
     Params = FlashParams
@@ -88,13 +91,13 @@ class Flash(HardwareModel):
         return out
 
     def _layer_cost(self, t: LayerTable) -> np.ndarray:
-        p: FlashParams = self.params  # type: ignore[assignment]
+        p = self.params
         wbytes = np.ceil(t.weights * _weight_bits(self, t, p.weight_storage) / 8)
         extra = p.per_layer_bytes.value if p.per_layer_bytes else 0.0
         return wbytes + t.biases * p.bias_bytes + extra
 
     def _network_overhead(self) -> float:
-        p: FlashParams = self.params  # type: ignore[assignment]
+        p = self.params
         return p.runtime_bytes.value if p.runtime_bytes else 0.0
 
 
@@ -102,7 +105,7 @@ class SramParams(_P):
     scratch_bytes: Sourced | None = None  # runtime state, stack
 
 
-class SramPeak(HardwareModel):
+class SramPeak(HardwareModel[SramParams]):
     name = "sram_peak"
     quantity = "sram_bytes"
     reduce = "max"
@@ -114,7 +117,7 @@ class SramPeak(HardwareModel):
         return np.ceil(t.fmap_in * cin / 8) + np.ceil(t.fmap * cout / 8)
 
     def _network_overhead(self) -> float:
-        p: SramParams = self.params  # type: ignore[assignment]
+        p = self.params
         return p.scratch_bytes.value if p.scratch_bytes else 0.0
 
 
@@ -126,22 +129,22 @@ class MacEnergyParams(_P):
     weight_storage: WeightStorage = "container"
 
 
-class MacEnergy(HardwareModel):
+class MacEnergy(HardwareModel[MacEnergyParams]):
     """Eq. 3: ``sum_i MAC(i) * e(b_w, b_a)`` + memory-access energy, in joules."""
 
     name = "mac_energy"
     quantity = "energy_j"
     Params = MacEnergyParams
 
-    def __init__(self, platform, params=None):  # type: ignore[no-untyped-def]
+    def __init__(self, platform: Platform, params: Any = None) -> None:
         super().__init__(platform, params)
-        p: MacEnergyParams = self.params  # type: ignore[assignment]
+        p = self.params
         table = {b: v.value for b, v in p.e_mac_pj.items()}
         self._lw = _lut(self, "e_mac_pj", table, p.scaling, "weight")
         self._la = _lut(self, "e_mac_pj", table, p.scaling, "activation")
 
     def _layer_cost(self, t: LayerTable) -> np.ndarray:
-        p: MacEnergyParams = self.params  # type: ignore[assignment]
+        p = self.params
         e = t.macs * mixed(self._lw, self._la, t.bits, t.in_bits)
         if p.weight_read_pj_per_bit:
             wbits = t.weights * _weight_bits(self, t, p.weight_storage) + t.biases * 32
@@ -169,7 +172,7 @@ class RooflineParams(_P):
     unpack_cycles_per_mac: Sourced | None = None
 
 
-class RooflineLatency(HardwareModel):
+class RooflineLatency(HardwareModel[RooflineParams]):
     """Per unit ``max(MACs / throughput, bytes / bandwidth) + overhead`` cycles, in seconds."""
 
     name = "roofline_latency"
@@ -186,7 +189,7 @@ class RooflineLatency(HardwareModel):
     )
 
     def bits_exception(self) -> str | None:
-        p: RooflineParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.unpack_cycles_per_mac and p.unpack_cycles_per_mac.value > 0:
             return (
                 "unpack_cycles_per_mac: the standalone C build reads 8-bit weights directly "
@@ -200,7 +203,8 @@ class RooflineLatency(HardwareModel):
         at the dense one. The unpacking cost is fitted only for the standalone C runtime
         (measured as ``c``, ``qemu`` or ``serial``), the one that stores weights packed."""
         out = super().fittable_start(runtime)
-        out.setdefault("conv_macs_per_cycle", dict(out["macs_per_cycle"]))  # type: ignore[arg-type]
+        dense = out["macs_per_cycle"]
+        out.setdefault("conv_macs_per_cycle", dict(dense) if isinstance(dense, dict) else dense)
         out.setdefault("overhead_cycles_per_layer", 100.0)
         out.setdefault("overhead_cycles_per_inference", 100.0)
         out.setdefault("overhead_cycles_per_output", 1.0)
@@ -208,23 +212,25 @@ class RooflineLatency(HardwareModel):
             out.setdefault("unpack_cycles_per_mac", 1.0)
         return out
 
-    def __init__(self, platform, params=None):  # type: ignore[no-untyped-def]
+    def __init__(self, platform: Platform, params: Any = None) -> None:
         super().__init__(platform, params)
-        p: RooflineParams = self.params  # type: ignore[assignment]
+        p = self.params
 
         dense = {b: v.value for b, v in p.macs_per_cycle.items()}
         conv = {b: v.value for b, v in (p.conv_macs_per_cycle or p.macs_per_cycle).items()}
         conv_name = "conv_macs_per_cycle" if p.conv_macs_per_cycle else "macs_per_cycle"
-        self._dense = tuple(
-            _lut(self, "macs_per_cycle", dense, p.scaling, w) for w in ("weight", "activation")
+        self._dense = (
+            _lut(self, "macs_per_cycle", dense, p.scaling, "weight"),
+            _lut(self, "macs_per_cycle", dense, p.scaling, "activation"),
         )
-        self._conv = tuple(
-            _lut(self, conv_name, conv, p.scaling, w) for w in ("weight", "activation")
+        self._conv = (
+            _lut(self, conv_name, conv, p.scaling, "weight"),
+            _lut(self, conv_name, conv, p.scaling, "activation"),
         )
         self._clock = platform.capability.clock_hz.value
 
     def _layer_cost(self, t: LayerTable) -> np.ndarray:
-        p: RooflineParams = self.params  # type: ignore[assignment]
+        p = self.params
         thr = np.where(
             t.op == CONV,
             mixed(*self._conv, t.bits, t.in_bits),
@@ -247,7 +253,7 @@ class RooflineLatency(HardwareModel):
         return cycles / self._clock
 
     def _network_overhead(self) -> float:
-        p: RooflineParams = self.params  # type: ignore[assignment]
+        p = self.params
         c = p.overhead_cycles_per_inference
         return (c.value if c else 0.0) / self._clock
 
@@ -256,7 +262,7 @@ class PowerTimeParams(_P):
     active_power_w: PositiveSourced  # the power the MCU draws while it runs the network
 
 
-class PowerTimeEnergy(HardwareModel):
+class PowerTimeEnergy(HardwareModel[PowerTimeParams]):
     """MCU energy is power x time: ``active_power_w`` times the platform's own latency model,
     unit by unit. Calibrating the latency model therefore calibrates the energy too; the
     descriptor states the active power it assumes (hardware.md: nRF52840 ~150 pJ per cycle)."""
@@ -265,19 +271,19 @@ class PowerTimeEnergy(HardwareModel):
     quantity = "energy_j"
     Params = PowerTimeParams
 
-    def __init__(self, platform, params=None):  # type: ignore[no-untyped-def]
+    def __init__(self, platform: Platform, params: Any = None) -> None:
         super().__init__(platform, params)
         from hwmodels.registry import get_model_class
 
         choice = platform.cost_models.get("latency")
         cls = get_model_class(choice.model) if choice is not None else None
-        if cls is None or cls.quantity != "latency_s":
+        if choice is None or cls is None or cls.quantity != "latency_s":
             raise HardwareModelError(
                 f"{platform.name}: the power_x_time energy model needs a latency model "
                 "(cost_models.latency) to multiply by the active power"
             )
-        self._latency = cls(platform, choice.params)  # type: ignore[union-attr]
-        self._power_w = self.params.active_power_w.value  # type: ignore[attr-defined]
+        self._latency = cls(platform, choice.params)
+        self._power_w = self.params.active_power_w.value
 
     def _layer_cost(self, t: LayerTable) -> np.ndarray:
         return self._latency.layer_cost(t) * self._power_w
