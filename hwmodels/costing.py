@@ -17,21 +17,11 @@ import networkx as nx
 import numpy as np
 
 from hwmodels.base import HardwareModel
+from hwmodels.quantities import LIMITS
 from hwmodels.registry import build_models
 from inag.arch import ArchSpec
 from inag.ir import IRError, LayerTable, Pass, compute_nodes, layer_table_many
 from inag.platform import Platform
-
-# name of a limit -> (role of the value it bounds, which value: absolute or normalized)
-LIMITS = {
-    "max_storage_bits": ("storage", "abs"),
-    "max_flash_bytes": ("flash", "abs"),
-    "max_sram_bytes": ("sram", "abs"),
-    "max_energy_j": ("energy", "abs"),
-    "max_latency_s": ("latency", "abs"),
-    "max_storage_norm": ("storage", "norm"),
-    "max_energy_norm": ("energy", "norm"),
-}
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from hwmodels import quantities
 from inag.arch import ArchSpec, LayerSpec
 from inag.platform import Platform
 from inag.space import SearchSpace
@@ -63,13 +64,7 @@ EVALUATORS = ("train", "encoder")
 #: Objective value told for a trial that is not trained because it breaks a limit.
 INFEASIBLE_PERFORMANCE = 0.0
 #: Cost roles reported for the best architecture, with the unit suffix of their key.
-COST_UNITS = (
-    ("storage", "bits"),
-    ("flash", "bytes"),
-    ("sram", "bytes"),
-    ("energy", "j"),
-    ("latency", "s"),
-)
+COST_UNITS = quantities.COST_UNITS  # (role, unit) of every total
 
 
 class BaselineError(ValueError):

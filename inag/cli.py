@@ -1102,13 +1102,13 @@ def select(
     _check_bag_size(n, m, "select")
     c = _target_condition(m, perf, 0.9 if perf is None and condition is None else condition)
     overrides = limit_overrides(
-        max_storage,
-        max_energy,
-        max_storage_kb,
-        max_energy_uj,
-        max_latency_ms,
-        max_flash_kb,
-        max_sram_kb,
+        max_storage=max_storage,
+        max_energy=max_energy,
+        max_storage_kb=max_storage_kb,
+        max_energy_uj=max_energy_uj,
+        max_latency_ms=max_latency_ms,
+        max_flash_kb=max_flash_kb,
+        max_sram_kb=max_sram_kb,
     )
     t0 = time.perf_counter()
     try:

@@ -109,13 +109,13 @@ def baseline(
         raise CliError(f"--budget-minutes: must be > 0, found {budget_minutes}")
     plat = load_platform(platform)
     overrides = limit_overrides(
-        max_storage,
-        max_energy,
-        max_storage_kb,
-        max_energy_uj,
-        max_latency_ms,
-        max_flash_kb,
-        max_sram_kb,
+        max_storage=max_storage,
+        max_energy=max_energy,
+        max_storage_kb=max_storage_kb,
+        max_energy_uj=max_energy_uj,
+        max_latency_ms=max_latency_ms,
+        max_flash_kb=max_flash_kb,
+        max_sram_kb=max_sram_kb,
     )
     for name, v in overrides.items():
         if not v > 0:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,19 +16,26 @@ class CliError(Exception):
     """A user-facing error: printed as one paragraph, exit code 2."""
 
 
-MaxStorage = Annotated[
-    float | None,
-    typer.Option(help="Normalized storage limit (eq. 2 / largest arch), e.g. 0.21."),
-]
-MaxEnergy = Annotated[
-    float | None,
-    typer.Option(help="Normalized energy limit (eq. 3 / largest arch), e.g. 0.21."),
-]
-MaxStorageKb = Annotated[float | None, typer.Option(help="Eq. 2 storage limit, KB.")]
-MaxEnergyUj = Annotated[float | None, typer.Option(help="Energy limit, uJ.")]
-MaxLatencyMs = Annotated[float | None, typer.Option(help="Latency limit, ms.")]
-MaxFlashKb = Annotated[float | None, typer.Option(help="Flash limit, KB.")]
-MaxSramKb = Annotated[float | None, typer.Option(help="SRAM limit, KB.")]
+def _limit_option(option: str) -> Any:
+    """The typer annotation of a limit option, its help from ``hwmodels.quantities``."""
+    from hwmodels.quantities import QUANTITIES
+
+    for q in QUANTITIES:
+        if option == q.option:
+            return Annotated[float | None, typer.Option(help=q.help)]
+        if option == q.norm_option:
+            return Annotated[float | None, typer.Option(help=q.norm_help)]
+    raise KeyError(option)
+
+
+# select and baseline list these parameters by name (a test checks they cover OPTIONS)
+MaxStorage = _limit_option("max_storage")
+MaxEnergy = _limit_option("max_energy")
+MaxStorageKb = _limit_option("max_storage_kb")
+MaxEnergyUj = _limit_option("max_energy_uj")
+MaxLatencyMs = _limit_option("max_latency_ms")
+MaxFlashKb = _limit_option("max_flash_kb")
+MaxSramKb = _limit_option("max_sram_kb")
 
 
 def read_arch_source(

@@ -18,21 +18,17 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
+
+from hwmodels.quantities import LIMITS, ROLES
 
 SCHEMA_VERSION = 1
 SourceKind = Literal[
     "datasheet", "paper", "isa", "source-code", "derived", "measured", "detected", "guess"
 ]
-ROLES = {  # role in the platform file -> the quantity (with its unit) the model must return
-    "storage": "storage_bits",
-    "flash": "flash_bytes",
-    "sram": "sram_bytes",
-    "energy": "energy_j",
-    "latency": "latency_s",
-}
 
 
 class PlatformError(ValueError):
@@ -117,19 +113,14 @@ def _default_models() -> dict[str, ModelChoice]:
     }
 
 
-class Constraints(_Strict):
-    """Budgets a deployed network must meet; absent means unconstrained.
-
-    Flash and SRAM default to the platform's memories less their reserved parts.
-    """
-
-    max_flash_bytes: float | None = Field(default=None, gt=0)
-    max_sram_bytes: float | None = Field(default=None, gt=0)
-    max_storage_bits: float | None = Field(default=None, gt=0)
-    max_energy_j: float | None = Field(default=None, gt=0)
-    max_latency_s: float | None = Field(default=None, gt=0)
-    max_storage_norm: float | None = Field(default=None, gt=0)
-    max_energy_norm: float | None = Field(default=None, gt=0)
+Constraints = create_model(
+    "Constraints",
+    __base__=_Strict,
+    __doc__="Budgets a deployed network must meet; absent means unconstrained (one optional "
+    "positive number per limit of hwmodels.quantities). Flash and SRAM default to the "
+    "platform's memories less their reserved parts.",
+    **{name: (float | None, Field(default=None, gt=0)) for name in LIMITS},  # type: ignore[call-overload]
+)
 
 
 class Rpc(_Strict):

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from hwmodels import PlatformCoster
-from hwmodels.costing import LIMITS, CostResult
+from hwmodels.costing import CostResult
+from hwmodels.quantities import STAGES, overrides
 from inag.arch import ArchSpec
 from inag.nagan import Nagan
 from inag.platform import Platform
@@ -132,17 +133,11 @@ def build_stages(
 ) -> list[Stage]:
     """The standard pipeline for a platform, limits from its YAML plus CLI overrides."""
     limits = coster.limits(overrides)
-    groups = (
-        ("storage", ("max_storage_bits", "max_storage_norm")),
-        ("energy", ("max_energy_j", "max_energy_norm")),
-        ("latency", ("max_latency_s",)),
-        ("memory fit", ("max_flash_bytes", "max_sram_bytes")),
-    )
     stages: list[Stage] = [
         ConfidenceStage(threshold),
         BitsStage(tuple(platform.capability.numerics.supported_bits)),
     ]
-    for name, names in groups:
+    for name, names in STAGES:
         chosen = {n: limits[n] for n in names if n in limits}
         if chosen:
             stages.append(LimitStage(name, chosen))
@@ -353,25 +348,7 @@ def verify(
     return out
 
 
-def limit_overrides(
-    max_storage: float | None = None,
-    max_energy: float | None = None,
-    max_storage_kb: float | None = None,
-    max_energy_uj: float | None = None,
-    max_latency_ms: float | None = None,
-    max_flash_kb: float | None = None,
-    max_sram_kb: float | None = None,
-) -> dict[str, float | None]:
-    """CLI overrides: ``max_storage``/``max_energy`` are normalized (Table 3), the rest absolute
-    in the units their names carry (storage KB is eq. 2 bits / 8192)."""
-    out: dict[str, float | None] = {
-        "max_storage_norm": max_storage,
-        "max_energy_norm": max_energy,
-        "max_storage_bits": None if max_storage_kb is None else max_storage_kb * 8192,
-        "max_energy_j": None if max_energy_uj is None else max_energy_uj * 1e-6,
-        "max_latency_s": None if max_latency_ms is None else max_latency_ms * 1e-3,
-        "max_flash_bytes": None if max_flash_kb is None else max_flash_kb * 1024,
-        "max_sram_bytes": None if max_sram_kb is None else max_sram_kb * 1024,
-    }
-    assert set(out) <= set(LIMITS)
-    return {k: v for k, v in out.items() if v is not None}
+def limit_overrides(**options: float | None) -> dict[str, float]:
+    """CLI overrides by option name (``max_storage``/``max_energy`` normalized as in Table 3,
+    the rest absolute in the units their names carry): ``hwmodels.quantities.OPTIONS``."""
+    return overrides(**options)

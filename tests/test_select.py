@@ -111,7 +111,9 @@ def test_every_selected_net_satisfies_every_limit(
 
 def test_funnel_is_monotone_and_names_the_stages(tiny_model: Nagan) -> None:
     p = load_platform("cortex_m")
-    (sel,), _ = select(tiny_model, [p], 0.8, n=N, overrides=limit_overrides(0.21, 0.21))
+    (sel,), _ = select(
+        tiny_model, [p], 0.8, n=N, overrides=limit_overrides(max_storage=0.21, max_energy=0.21)
+    )
     names = [f.name for f in sel.funnel]
     assert names == ["confidence", "bits", "storage", "energy", "latency", "memory fit"]
     kept = [len(sel.bag.archs)] + [f.kept for f in sel.funnel]
