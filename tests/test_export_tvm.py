@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -180,6 +182,7 @@ def test_measure_over_rpc(net, host_lib, tmp_path):
             ],
             stdout=fh,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # the server runs in a TVM worker child: stop the group
         )
     try:
         deadline = time.monotonic() + 120  # importing TVM takes seconds on a busy machine
@@ -193,12 +196,13 @@ def test_measure_over_rpc(net, host_lib, tmp_path):
         assert 0 < m.median_s < 1.0
         assert "load_module" in log.read_text()  # the server really loaded the upload
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+            time.sleep(0.2)
 
 
 def test_rpc_unreachable_is_a_clear_error(host_lib):

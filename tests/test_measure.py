@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -248,9 +249,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop a TVM server and its worker: `rpc_server` and `rpc_tracker` serve from a child
+    process that outlives a terminated parent, so the whole process group is signalled."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(10)
+            time.sleep(0.2)
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _start(args: list[str], log: Path, ready: str) -> subprocess.Popen:
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", *args], stdout=fh, stderr=subprocess.STDOUT)
+    with open(log, "w") as fh:  # own session: the server runs in a TVM worker child of it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 120  # importing TVM takes seconds on a busy machine
     while ready not in log.read_text():
         assert proc.poll() is None, f"{args[0]} exited: {log.read_text()}"
@@ -340,12 +361,7 @@ def test_measure_through_a_real_tracker_with_two_servers(tmp_path, capsys):
                 assert code == 2 and "could not load" in err and "architecture" in err, err
     finally:
         for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            _stop_group(p)
 
 
 def test_unreachable_tracker_is_a_clear_error(tmp_path, capsys):
