@@ -1158,18 +1158,16 @@ def run_aarch64(
     }
 
 
-def link_tvm_aarch64(
-    net: QuantizedNet, out_dir: Path, platform: str | Path = "cortex_a"
-) -> dict[str, Any]:
-    """Compile ``net`` with TVM for the platform's ``measure.tvm_target`` (an aarch64 triple)
+def link_tvm_aarch64(net: QuantizedNet, out_dir: Path, platform: Any) -> dict[str, Any]:
+    """Compile ``net`` with TVM for ``platform``'s ``measure.tvm_target`` (an aarch64 triple;
+    a loaded :class:`inag.platform.Platform`, e.g. ``load_platform("cortex_a")``)
     and link it with ``aarch64-linux-gnu-gcc`` into a shared object a board's TVM runtime
     loads. Returns :func:`export.tvm_export.export_library`'s dict plus ``"path"`` and
     ``"elf"`` (:func:`elf_header`: 64-bit, little-endian, ``DYN``, ``e_machine`` 183)."""
     from export import tvm_export
-    from inag.platform import load_platform
 
     require_tool(AARCH64_GCC, "linking the aarch64 TVM library")
-    plat = load_platform(platform)
+    plat = platform
     target = tvm_export.check_target(plat)
     if not str(target.get("mtriple", "")).startswith("aarch64"):
         raise DeviceError(f"platform {plat.name!r} does not target aarch64: {target}")

@@ -20,6 +20,7 @@ from export import c_export, device, reference
 from export.errors import ExportError
 from export.qnet import QuantizedNet
 from inag.arch import ArchSpec, LayerSpec
+from inag.platform import load_platform
 
 HAVE_ARM = shutil.which("arm-none-eabi-gcc") is not None
 HAVE_QEMU = shutil.which("qemu-system-arm") is not None
@@ -335,7 +336,7 @@ def test_missing_tools_name_the_debian_package(monkeypatch, tmp_path):
     with pytest.raises(device.DeviceError, match="gcc-aarch64-linux-gnu"):
         device.run_aarch64(net)
     with pytest.raises(device.DeviceError, match="gcc-aarch64-linux-gnu"):
-        device.link_tvm_aarch64(net, tmp_path)
+        device.link_tvm_aarch64(net, tmp_path, load_platform("cortex_a"))
     without("qemu-aarch64")
     with pytest.raises(device.DeviceError, match="qemu-user"):
         device.run_aarch64(net)
@@ -356,7 +357,7 @@ def test_aarch64_tvm_library_is_an_aarch64_elf(tmp_path):
     pytest.importorskip("tvm", reason="apache-tvm not installed")
     if not HAVE_A64:
         pytest.skip("aarch64-linux-gnu-gcc absent (Debian: gcc-aarch64-linux-gnu)")
-    r = device.link_tvm_aarch64(cnn_net(), tmp_path)
+    r = device.link_tvm_aarch64(cnn_net(), tmp_path, load_platform("cortex_a"))
     assert r["linked"] is True and r["path"].suffix == ".so"
     raw = r["path"].read_bytes()[:20]
     assert raw[:4] == b"\x7fELF" and raw[4] == 2  # 64-bit
