@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("tvm")
+
+from tvm_servers import free_port, start, stop  # noqa: E402
 
 from export import reference, tvm_export  # noqa: E402
 from export.errors import ExportError  # noqa: E402
@@ -156,55 +154,22 @@ def test_measure_local(net, host_lib):
     assert 0 < m.min_s <= m.median_s < 1.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_measure_over_rpc(net, host_lib, tmp_path):
     """A real TVM RPC server on 127.0.0.1: upload the library, run ``time_evaluator`` there."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "rpc_server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tvm.exec.rpc_server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--port-end",
-                str(port + 1),
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the server runs in a TVM worker child: stop the group
-        )
+    proc = start("rpc_server", port, log)
     try:
-        deadline = time.monotonic() + 120  # importing TVM takes seconds on a busy machine
-        while "bind to" not in log.read_text():
-            assert proc.poll() is None, f"RPC server exited: {log.read_text()}"
-            assert time.monotonic() < deadline, "RPC server did not start"
-            time.sleep(0.2)
         x = np.zeros((1, 4), np.int8)
         m = measure_rpc(host_lib, x, host="127.0.0.1", port=port, number=10, repeats=3)
         assert m.where == f"rpc://127.0.0.1:{port}" and len(m.results_s) == 3
         assert 0 < m.median_s < 1.0
         assert "load_module" in log.read_text()  # the server really loaded the upload
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-            time.sleep(0.2)
+        stop(proc)
 
 
 def test_rpc_unreachable_is_a_clear_error(host_lib):
     with pytest.raises(ExportError, match="cannot reach the TVM RPC server"):
-        measure_rpc(host_lib, np.zeros((1, 4), np.int8), port=_free_port(), session_timeout=5)
+        measure_rpc(host_lib, np.zeros((1, 4), np.int8), port=free_port(), session_timeout=5)

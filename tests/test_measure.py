@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import FROZEN_HOST
+from tvm_servers import free_port, stop
 
 from hwmodels import build_models
 from hwmodels.calibrate import choose_fit_set, fit, fittable_values, with_values
@@ -243,85 +242,18 @@ def test_bad_input_is_one_paragraph(argv, needle, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- TVM tracker
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop a TVM server and its worker: `rpc_server` and `rpc_tracker` serve from a child
-    process that outlives a terminated parent, so the whole process group is signalled."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(10)
-            time.sleep(0.2)
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _start(args: list[str], log: Path, ready: str) -> subprocess.Popen:
-    with open(log, "w") as fh:  # own session: the server runs in a TVM worker child of it
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 120  # importing TVM takes seconds on a busy machine
-    while ready not in log.read_text():
-        assert proc.poll() is None, f"{args[0]} exited: {log.read_text()}"
-        assert time.monotonic() < deadline, f"{args[0]} did not start: {log.read_text()}"
-        time.sleep(0.2)
-    return proc
-
-
 @pytest.mark.slow
 def test_measure_through_a_real_tracker_with_two_servers(tmp_path, capsys):
     pytest.importorskip("tvm")
     pytest.importorskip("tornado")
-    port = _free_port()
+    port = free_port()
     tracker = f"127.0.0.1:{port}"
-    procs = [
-        _start(
-            [
-                "tvm.exec.rpc_tracker",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--port-end",
-                str(port + 1),
-            ],
-            tmp_path / "tracker.log",
-            "bind to",
-        )  # fmt: skip
-    ]
+    procs = [start("rpc_tracker", port, tmp_path / "tracker.log")]
     try:
         for i in range(2):
-            p = _free_port()
+            log = tmp_path / f"server{i}.log"
             procs.append(
-                _start(
-                    [
-                        "tvm.exec.rpc_server",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(p),
-                        "--port-end",
-                        str(p + 1),
-                        "--tracker",
-                        tracker,
-                        "--key",
-                        "board",
-                    ],
-                    tmp_path / f"server{i}.log",
-                    "bind to",
-                )  # fmt: skip
+                start("rpc_server", free_port(), log, "--tracker", tracker, "--key", "board")
             )
         from tvm import rpc
 
@@ -361,13 +293,13 @@ def test_measure_through_a_real_tracker_with_two_servers(tmp_path, capsys):
                 assert code == 2 and "could not load" in err and "architecture" in err, err
     finally:
         for p in procs:
-            _stop_group(p)
+            stop(p)
 
 
 def test_unreachable_tracker_is_a_clear_error(tmp_path, capsys):
     pytest.importorskip("tvm")
     code = main(["measure", "run", "-p", "host_cpu", "--runtime", "tvm", "--device",
-                 f"tracker://127.0.0.1:{_free_port()}/k", ARCH.to_json(),
+                 f"tracker://127.0.0.1:{free_port()}/k", ARCH.to_json(),
                  "--db", str(tmp_path / "m.sqlite")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the tracker" in err and "Traceback" not in err
