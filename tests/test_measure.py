@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import FROZEN_HOST
-from tvm_servers import free_port, stop
+from tvm_servers import free_port, start, stop
 
 from hwmodels import build_models
 from hwmodels.calibrate import choose_fit_set, fit, fittable_values, with_values
