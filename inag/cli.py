@@ -1447,7 +1447,7 @@ def _register_extensions() -> None:
     """Command groups that live in their own CLI modules (still CLI code: they may print)."""
     import importlib
 
-    for name in ("inag.cli_export", "inag.cli_baseline", "inag.cli_measure"):
+    for name in ("inag.cli_export", "inag.cli_baseline", "inag.cli_measure", "inag.cli_sweep"):
         try:
             importlib.import_module(name).register(app)
         except ModuleNotFoundError as exc:

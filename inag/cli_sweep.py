@@ -1,0 +1,211 @@
+"""``inag sweep``: the paper's Fig. 4b, a Pareto sweep over the condition.
+
+Kept out of ``inag/cli.py``, which registers it through :func:`register`. The work is in
+:mod:`inag.sweep` (no printing there); this module checks the input, shows the progress and
+prints the summary. Bad input raises :class:`inag.cli_options.CliError`: one paragraph on
+stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from inag.cli_options import (
+    CliError,
+    MaxEnergy,
+    MaxEnergyUj,
+    MaxFlashKb,
+    MaxLatencyMs,
+    MaxSramKb,
+    MaxStorage,
+    MaxStorageKb,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``inag sweep`` to ``app``."""
+    app.command("sweep")(sweep)
+
+
+def sweep(
+    out: Annotated[
+        Path, typer.Option(help="Output directory: sweep.csv, sweep.json, pareto_*.png.")
+    ],
+    model: Annotated[
+        str,
+        typer.Option(help="NAGAN artifact, or a bundled generator by name: data_a, digits."),
+    ] = "data_a",
+    platform: Annotated[
+        str, typer.Option("--platform", "-p", help="Platform YAML or bundled name.")
+    ] = "bitfusion",
+    start: Annotated[float, typer.Option("--from", help="First condition c (in [0, 1]).")] = 0.0,
+    stop: Annotated[float, typer.Option("--to", help="Last condition c (in [0, 1]).")] = 1.0,
+    step: Annotated[float, typer.Option(help="Distance between conditions.")] = 0.05,
+    n: Annotated[int, typer.Option("-n", help="Bag size per condition.")] = 1000,
+    real: Annotated[
+        int,
+        typer.Option(
+            "--real",
+            help="QAT-train the top K survivors of each condition with the dataset's recipe "
+            "(as `select --verify`) for measured performance. 0: estimates only.",
+        ),
+    ] = 0,
+    threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
+    rank_by: Annotated[str, typer.Option(help="dist_f, storage, energy or latency.")] = "dist_f",
+    max_storage: MaxStorage = None,
+    max_energy: MaxEnergy = None,
+    max_storage_kb: MaxStorageKb = None,
+    max_energy_uj: MaxEnergyUj = None,
+    max_latency_ms: MaxLatencyMs = None,
+    max_flash_kb: MaxFlashKb = None,
+    max_sram_kb: MaxSramKb = None,
+    seed: Annotated[int, typer.Option(help="Seed (bags, random comparison).")] = 0,
+) -> None:
+    """Fig. 4b: a bag per condition through the platform's selecting stages; performance
+    against normalized storage and energy with the Pareto frontier, against random sampling
+    of the space at the same candidate count."""
+    from inag.safe_io import check_writable_dir
+    from inag.select import RANK_KEYS, limit_overrides
+    from inag.sweep import SweepError, conditions
+
+    try:
+        conds = conditions(start, stop, step)
+    except SweepError as exc:
+        raise CliError(str(exc)) from None
+    if n < 1:
+        raise CliError(f"-n must be >= 1 (the bag size per condition), found {n}")
+    if real < 0:
+        raise CliError(f"--real must be >= 0 (nets trained per condition), found {real}")
+    if not math.isfinite(threshold) or threshold < 0:
+        raise CliError(f"--threshold must be a non-negative number, found {threshold}")
+    if rank_by not in RANK_KEYS:
+        raise CliError(f"--rank-by: {rank_by!r} is not one of {', '.join(RANK_KEYS)}")
+    if seed < 0:
+        raise CliError(f"--seed must be >= 0, found {seed}")
+    check_writable_dir(out, "the sweep results")
+    overrides = limit_overrides(
+        max_storage=max_storage,
+        max_energy=max_energy,
+        max_storage_kb=max_storage_kb,
+        max_energy_uj=max_energy_uj,
+        max_latency_ms=max_latency_ms,
+        max_flash_kb=max_flash_kb,
+        max_sram_kb=max_sram_kb,
+    )
+    _run(out, model, platform, conds, n, real, threshold, rank_by, overrides, seed, step)
+
+
+def _run(
+    out: Path,
+    model: str,
+    platform: str,
+    conds: tuple[float, ...],
+    n: int,
+    real: int,
+    threshold: float,
+    rank_by: str,
+    overrides: dict[str, float],
+    seed: int,
+    step: float,
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from inag.cli import BAG_BYTES_PER_ARCH, MAX_BAG, _console, _human_bytes, _load_model
+    from inag.platform import load_platform
+    from inag.select import SelectionError
+    from inag.sweep import SweepError, run_sweep, write_outputs
+
+    if n * len(conds) > MAX_BAG:
+        raise CliError(
+            f"sweep keeps every condition's bag: {len(conds)} conditions x -n {n:,} = "
+            f"{n * len(conds):,} architectures would need about "
+            f"{_human_bytes(n * len(conds) * BAG_BYTES_PER_ARCH)} of memory; at most "
+            f"{MAX_BAG:,} in all: use a smaller -n or a larger --step"
+        )
+    plat = load_platform(platform)
+    m = _load_model(Path(model))
+    config = {
+        "model": model,
+        "platform": platform,
+        "from": conds[0],
+        "to": conds[-1],
+        "step": step,
+        "conditions": list(conds),
+        "bag": n,
+        "real": real,
+        "threshold": threshold,
+        "rank_by": rank_by,
+        "limit_overrides": overrides,
+        "seed": seed,
+    }
+    con = _console(stderr=True)
+    con.print(
+        f"sweep {m.task} on {plat.name}: {len(conds)} conditions c = {conds[0]:g}..{conds[-1]:g}, "
+        f"bag {n} each" + (f", top {real} trained per condition" if real else "")
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=con,
+    ) as bar:
+        job = bar.add_task("conditions", total=len(conds))
+        train: dict[str, Any] = {}
+
+        def on_condition(i: int, total: int, c: float) -> None:
+            bar.update(job, completed=i, description=f"conditions (c={c:g})")
+
+        def on_train(name: str, i: int, k: int) -> None:
+            if name not in train:
+                train[name] = bar.add_task(name, total=k)
+            bar.update(train[name], completed=i, total=k)
+
+        try:
+            res = run_sweep(
+                m,
+                plat,
+                conds,
+                n=n,
+                threshold=threshold,
+                rank_by=rank_by,
+                overrides=overrides,
+                seed=seed,
+                real=real,
+                progress=on_condition,
+                train_progress=on_train,
+                config=config,
+            )
+        except (SweepError, SelectionError) as exc:
+            raise CliError(str(exc)) from None
+    files = write_outputs(res, out)
+    fronts = res.fronts()
+    distinct = len({a.arch_id for a in res.inag.archs})
+    typer.echo(
+        f"{len(res.inag)} candidates kept ({distinct} distinct) over {len(conds)} conditions; "
+        f"random comparison: {len(res.random)} feasible of {res.random_draws} draws; "
+        f"{res.seconds['total']:.1f} s"
+    )
+    empty = [f"{r.condition:g}" for r in res.per_condition if not r.survivors]
+    if empty:
+        typer.echo(f"nothing fits {plat.name} at c = {', '.join(empty)}")
+    for role, f in fronts.items():
+        for src in ("inag", "random"):
+            s = f[src]
+            if not s["points"]:
+                typer.echo(f"{role:<8} {src:<7} frontier: empty")
+                continue
+            typer.echo(
+                f"{role:<8} {src:<7} frontier: {s['points']:3d} points, {role} "
+                f"{s['cost_min']:.4f}..{s['cost_max']:.4f}, performance "
+                f"{s['perf_min']:.3f}..{s['perf_max']:.3f}, dominated area "
+                f"{s['hypervolume']:.4f}"
+            )
+        typer.echo(
+            f"{role:<8} INAG's frontier dominates {f['inag_covers_random']:.0%} of random's, "
+            f"random's dominates {f['random_covers_inag']:.0%} of INAG's"
+        )
+    typer.echo(f"wrote {', '.join(str(out / f) for f in files)}")
