@@ -1285,7 +1285,7 @@ BAG_BYTES_PER_ARCH = 1200
 GENERATE_CHUNK = 4096
 MAX_GENERATE = 100_000_000
 GENERATE_BYTES_PER_LINE = 424
-MAX_TRACKED_UNIQUE = 1_000_000  # distinct arch ids counted for the summary line (~100 MB)
+MAX_TRACKED_UNIQUE = 250_000  # distinct arch ids counted for the summary line (~25 MB)
 
 
 def _check_bag_size(n: int, m: Any, command: str) -> None:

@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,39 @@ class Nagan:
     def generate(self, condition: float, n: int, seed: int = 0) -> list[ArchSpec]:
         """A bag of ``n`` architectures for normalized condition ``condition``."""
         return self.space.decode_many(self.generate_encoded(condition, n, seed))
+
+    @torch.no_grad()
+    def generate_chunks(
+        self, condition: float, n: int, seed: int = 0, chunk: int = 4096
+    ) -> Iterator[list[ArchSpec]]:
+        """The bag of :meth:`generate` in consecutive pieces of about ``chunk`` architectures,
+        so a large bag needs memory for one piece only.
+
+        The pieces concatenate to exactly ``generate(condition, n, seed)``: the noise is drawn
+        piece by piece from the same generator, and torch's CPU ``randn`` gives the same
+        numbers for one call of m values as for consecutive calls of sizes summing to m when
+        every call but the last draws a multiple of 16 values and the last at least 16 (it
+        fills 16 at a time and redraws a short tail). So ``chunk`` is rounded up to a multiple
+        of 16 and a last piece of fewer than 16 values joins the one before it (tested
+        against the one-call bag).
+        """
+        if not math.isfinite(condition):
+            raise ModelError(f"condition must be a finite number, found {condition}")
+        latent = self.config.latent_dim
+        step = max(16, -(-chunk // 16) * 16)
+        gen = torch.Generator().manual_seed(seed)
+        self.generator.eval()
+        start = 0
+        while start < n:
+            size = min(step, n - start)
+            rest = n - start - size
+            if rest > 0 and rest * latent < 16:
+                size += rest
+            z = torch.randn(size, latent, generator=gen)
+            c = torch.full((size,), float(condition))
+            enc = self.space.canonical_many(self.generator(z, c).numpy())
+            yield self.space.decode_many(enc)
+            start += size
 
     def generate_unique(
         self, condition: float, n: int, seed: int = 0

@@ -493,8 +493,9 @@ def test_check_writable_accepts_new_files_under_missing_dirs(tmp_path: Path) -> 
         (["select", "--condition", "-0.2"], ("--condition", "[0, 1]")),
         (["select", "--condition", "nan"], ("--condition",)),
         (["select", "-n", "100000000"], ("-n", "memory", "GB")),
-        (["generate", "--model", "data_a", "--condition", "0.5", "-n", "100000000"],
-         ("-n", "memory")),
+        (["generate", "--model", "data_a", "--condition", "0.5", "-n", "100000001"],
+         ("-n", "GB of JSON lines", "424 bytes per architecture", "memory")),
+        (["select", "-n", "1000001"], ("-n", "1.1 GB", "1.2 KB per generated architecture")),
         (["generate", "--model", "data_a", "--perf", "5"], ("--perf", "range")),
         (["generate", "--model", "data_a", "--condition", "1.2"], ("--condition",)),
         (["sample", "--workers", "0", "-n", "2"], ("--workers",)),
@@ -1035,3 +1036,74 @@ def test_tampered_kernel_in_a_cache_we_cannot_fix_is_refused(
         if os.getuid() == 0:
             os.chown(lib.parent, 0, 0)
         lib.parent.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------- generate -n streams
+def _bag_in_one_piece(model: str, c: float, n: int, seed: int) -> str:
+    """What `generate` wrote before it streamed: the whole bag at once."""
+    from inag.nagan import load_model
+
+    m = load_model(model)
+    bag = m.generate(c, n, seed=seed)
+    est = m.estimate(bag)
+    return "".join(
+        json.dumps(
+            {
+                "arch_id": a.arch_id,
+                "arch": a.to_dict(),
+                "condition": c,
+                "estimate_c": float(e),
+                "estimate_perf": float(m.denormalize(e)),
+                "dist_f": float(abs(e - c)),
+            }
+        )
+        + "\n"
+        for a, e in zip(bag, est, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "n", "chunk"),
+    [("data_a", 1, 16), ("data_a", 1000, 16), ("data_a", 5000, 4096), ("digits", 333, 32)],
+)
+def test_generate_streams_the_same_bag(
+    model: str,
+    n: int,
+    chunk: int,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import inag.cli
+
+    monkeypatch.setattr(inag.cli, "GENERATE_CHUNK", chunk)
+    out = tmp_path / "bag.jsonl"
+    code, _, err = run(capsys, "generate", "--model", model, "--condition", 0.7, "-n", n,
+                       "--seed", 3, "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert out.read_text() == _bag_in_one_piece(model, 0.7, n, 3)
+    code, stdout, _ = run(capsys, "generate", "--model", model, "--condition", 0.7, "-n", n,
+                          "--seed", 3)  # fmt: skip
+    assert stdout == out.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_generate_memory_does_not_grow_with_n(tmp_path: Path) -> None:
+    """Peak RSS of `generate -n 40000` is within 35 MB of `-n 8192` (two chunks; the
+    one-piece bag needed ~2.4 KB per architecture: ~76 MB more). What grows is the set of
+    distinct ids counted for the summary line, capped at 250,000."""
+    code = (
+        "import resource, sys; from inag.cli import main; rc = main(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+        "sys.exit(rc)"
+    )
+    peaks = []
+    for n in (8192, 40_000):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "generate", "--model", "data_a", "--condition", "0.5",
+             "-n", str(n), "--out", str(tmp_path / "bag.jsonl")],
+            capture_output=True, text=True, timeout=110, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        peaks.append(int(proc.stderr.strip().splitlines()[-1]))  # KB
+    assert peaks[1] - peaks[0] < 35_000, peaks
