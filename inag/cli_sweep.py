@@ -193,19 +193,25 @@ def _run(
     if empty:
         typer.echo(f"nothing fits {plat.name} at c = {', '.join(empty)}")
     for role, f in fronts.items():
-        for src in ("inag", "random"):
-            s = f[src]
-            if not s["points"]:
-                typer.echo(f"{role:<8} {src:<7} frontier: empty")
+        for src in ("inag", "random", "inag_measured", "random_measured"):
+            if src not in f:
                 continue
+            st = f[src]
+            if not st["points"]:
+                typer.echo(f"{role:<8} {src:<16} frontier: empty")
+                continue
+            reach = st["cost_to_reach"]["0.9"]
             typer.echo(
-                f"{role:<8} {src:<7} frontier: {s['points']:3d} points, {role} "
-                f"{s['cost_min']:.4f}..{s['cost_max']:.4f}, performance "
-                f"{s['perf_min']:.3f}..{s['perf_max']:.3f}, dominated area "
-                f"{s['hypervolume']:.4f}"
+                f"{role:<8} {src:<16} frontier: {st['points']:3d} points, {role} "
+                f"{st['cost_min']:.4f}..{st['cost_max']:.4f}, performance "
+                f"{st['perf_min']:.3f}..{st['perf_max']:.3f}, mean best performance over "
+                f"budgets {st['mean_best_perf']:.3f}, performance >= 0.9 from {role} "
+                + (f"{reach:.4f}" if reach is not None else "never")
             )
-        typer.echo(
-            f"{role:<8} INAG's frontier dominates {f['inag_covers_random']:.0%} of random's, "
-            f"random's dominates {f['random_covers_inag']:.0%} of INAG's"
-        )
+        for x, y in (("inag", "random"), ("inag_measured", "random_measured")):
+            if f"{x}_covers_{y}" in f:
+                typer.echo(
+                    f"{role:<8} {x}'s frontier dominates {f[f'{x}_covers_{y}']:.0%} of {y}'s, "
+                    f"{y}'s dominates {f[f'{y}_covers_{x}']:.0%} of {x}'s"
+                )
     typer.echo(f"wrote {', '.join(str(out / f) for f in files)}")

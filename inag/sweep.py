@@ -150,14 +150,20 @@ def coverage(
     return float(np.mean(hit))
 
 
-def front_stats(cost: np.ndarray, perf: np.ndarray) -> dict[str, Any]:
-    """How wide a frontier is: its points, cost and performance spans, dominated area."""
+LEVELS = (0.5, 0.8, 0.9, 0.95)  # normalized performance levels of ``cost_to_reach``
+
+
+def front_stats(cost: np.ndarray, perf: np.ndarray, ref_cost: float = 1.0) -> dict[str, Any]:
+    """How wide a frontier is: its points, cost and performance spans, the dominated area up to
+    ``ref_cost`` and, divided by it, the best performance reachable averaged over the budgets
+    in [0, ref_cost]; the cheapest cost reaching each of ``LEVELS`` (None: never)."""
     cost = np.asarray(cost, dtype=np.float64)
     perf = np.asarray(perf, dtype=np.float64)
     idx = pareto_front(cost, perf)
     if not len(idx):
         return {"points": 0}
     c, p = cost[idx], perf[idx]
+    hv = hypervolume(cost, perf, ref_cost)
     return {
         "points": int(len(idx)),
         "cost_min": float(c.min()),
@@ -166,7 +172,12 @@ def front_stats(cost: np.ndarray, perf: np.ndarray) -> dict[str, Any]:
         "perf_min": float(p.min()),
         "perf_max": float(p.max()),
         "perf_width": float(p.max() - p.min()),
-        "hypervolume": hypervolume(cost, perf),
+        "ref_cost": float(ref_cost),
+        "hypervolume": hv,
+        "mean_best_perf": hv / ref_cost,
+        "cost_to_reach": {
+            f"{lv:g}": float(c[p >= lv].min()) if (p >= lv).any() else None for lv in LEVELS
+        },
     }
 
 
@@ -227,22 +238,29 @@ class SweepResult:
         return pts.estimate
 
     def fronts(self) -> dict[str, dict[str, Any]]:
-        """Frontier statistics per cost axis and source, and the cross coverage."""
+        """Frontier statistics per cost axis and source (estimated, and measured where nets
+        were trained), and the cross coverage. The dominated area of every frontier of a cost
+        axis is taken up to the same reference: the largest cost of any candidate."""
         out: dict[str, dict[str, Any]] = {}
+        a, b = self.inag, self.random
+        sets = {"inag": (a, a.estimate), "random": (b, b.estimate)}
+        for pts, name in ((a, "inag_measured"), (b, "random_measured")):
+            meas = np.flatnonzero(np.isfinite(pts.measured))
+            if len(meas):
+                perf = np.full(len(pts), np.nan)
+                perf[meas] = self.model.normalize(pts.measured[meas])
+                sets[name] = (pts, perf)
         for role in PLOTTED:
-            a, b = self.inag, self.random
+            both = np.concatenate([a.norm[role], b.norm[role]])
+            ref = float(both.max()) if len(both) else 1.0
             out[role] = {
-                "inag": front_stats(a.norm[role], a.estimate),
-                "random": front_stats(b.norm[role], b.estimate),
-                "inag_covers_random": coverage(a.norm[role], a.estimate, b.norm[role], b.estimate),
-                "random_covers_inag": coverage(b.norm[role], b.estimate, a.norm[role], a.estimate),
+                name: front_stats(pts.norm[role], perf, ref) for name, (pts, perf) in sets.items()
             }
-            for pts, name in ((a, "inag_measured"), (b, "random_measured")):
-                meas = np.flatnonzero(np.isfinite(pts.measured))
-                if len(meas):
-                    out[role][name] = front_stats(
-                        pts.norm[role][meas], self.model.normalize(pts.measured[meas])
-                    )
+            for x, y in (("inag", "random"), ("inag_measured", "random_measured")):
+                if x in sets and y in sets:
+                    (px, vx), (py, vy) = sets[x], sets[y]
+                    out[role][f"{x}_covers_{y}"] = coverage(px.norm[role], vx, py.norm[role], vy)
+                    out[role][f"{y}_covers_{x}"] = coverage(py.norm[role], vy, px.norm[role], vx)
         return out
 
 
@@ -493,7 +511,7 @@ def run_sweep(
 
 # ---------------------------------------------------------------------------- outputs
 def _num(v: float) -> str:
-    return "" if not math.isfinite(v) else repr(float(v))
+    return "" if not math.isfinite(v) else f"{float(v):.8g}"
 
 
 def csv_text(res: SweepResult) -> str:
@@ -666,7 +684,8 @@ def _plot(res: SweepResult, role: str) -> Any:
         idx = pareto_front(x, y)
         xs, ys = _step_line(x, y, idx)
         ax.plot(xs, ys, ":", color=col, lw=1.2, label=f"{name} frontier, measured")
-    ax.set_xlabel(f"normalized {role} ({'eq. 2' if role == 'storage' else 'eq. 3'})")
+    ax.set_xscale("log")  # the frontier lives at small costs: a linear axis squeezes it
+    ax.set_xlabel(f"normalized {role} ({'eq. 2' if role == 'storage' else 'eq. 3'}), log scale")
     ax.set_ylabel("normalized performance (encoder estimate; x: measured)")
     conds = [r.condition for r in res.per_condition]
     ax.set_title(
@@ -675,7 +694,7 @@ def _plot(res: SweepResult, role: str) -> Any:
         fontsize=10,
     )
     ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
 

@@ -115,6 +115,10 @@ def test_pareto_front_ignores_nan_and_hypervolume_by_hand():
     s = front_stats(cost, perf)
     assert s["points"] == 3 and s["cost_width"] == pytest.approx(0.4)
     assert s["perf_min"] == 0.5 and s["perf_max"] == 0.9
+    assert s["mean_best_perf"] == pytest.approx(s["hypervolume"])  # ref_cost 1
+    assert s["cost_to_reach"] == {"0.5": 0.1, "0.8": 0.5, "0.9": 0.5, "0.95": None}
+    half = front_stats(cost, perf, ref_cost=0.5)  # boxes up to 0.5: 0.1 + 0.12
+    assert half["mean_best_perf"] == pytest.approx((0.2 * 0.5 + 0.2 * 0.6) / 0.5)
     assert front_stats(np.zeros(0), np.zeros(0)) == {"points": 0}
     # C(A, B): A's front (0.1, 0.5) covers B's (0.2, 0.5) but not (0.05, 0.1)
     b_cost, b_perf = np.array([0.2, 0.05]), np.array([0.5, 0.1])
