@@ -209,27 +209,59 @@ def _export_c(
     elif self_check:
         check = {"ran": False, "reason": "no gcc on PATH"}
     if platform.kind == "mcu":
-        tools = c_export.arm_tools()
-        if tools["gcc"]:
-            mem = platform.capability.memories
-            obj, elf = c_export.build_firmware(
-                out, cs.prefix, int(mem.flash_bytes.value), int(mem.sram_bytes.value)
-            )
-            info["cortex_m"] = {
-                "compiler": _tool_version(c_export.ARM_GCC),
-                "flags": list(c_export.CM4_FLAGS),
-                "model_object": {"file": f"cortex_m/{obj.name}", **c_export.elf_sizes(obj)},
-                "firmware_elf": {"file": f"cortex_m/{elf.name}", **c_export.elf_sizes(elf)},
-                "note": "firmware = model + minimal startup/main, no libc; flash = "
-                ".text+.rodata+.data (+vectors), RAM = .data+.bss (stack not included)",
-            }
-            files += [obj, elf]
-        else:
-            info["cortex_m"] = {
-                "skipped": f"{c_export.ARM_GCC} not found: install gcc-arm-none-eabi for "
-                "the ELF flash/RAM figures"
-            }
+        info.update(_firmware(out, cs.prefix, platform, files))
     return info, check, files
+
+
+def _firmware(out: Path, prefix: str, platform: Any, files: list[Path]) -> dict[str, Any]:
+    """Firmware flash/RAM sizes of an MCU platform: measured by building a libc-free firmware
+    with arm-none-eabi-gcc for the descriptor's own Cortex-M (``capability.cpu``). Any other
+    CPU (RISC-V, ...) gets no firmware figures rather than a Cortex-M4's."""
+    from export import c_export
+
+    cpu = str(getattr(platform.capability, "cpu", "") or "")
+    mcpu = c_export.cortex_m_cpu(cpu)
+    if mcpu is None:
+        found = f"capability.cpu is {cpu!r}" if cpu else "capability.cpu is not given"
+        return {
+            "firmware": {
+                "skipped": f"firmware sizes are measured for Cortex-M CPUs only "
+                f"(arm-none-eabi-gcc); {platform.name}'s {found}. The flash and SRAM "
+                "figures of this export are the cost models' predictions"
+            }
+        }
+    if not c_export.arm_tools()["gcc"]:
+        return {
+            "cortex_m": {
+                "cpu": cpu,
+                "skipped": f"{c_export.ARM_GCC} not found: install gcc-arm-none-eabi for "
+                "the ELF flash/RAM figures",
+            }
+        }
+    if not c_export.arm_gcc_supports(mcpu):
+        return {
+            "cortex_m": {
+                "cpu": cpu,
+                "skipped": f"{c_export.ARM_GCC} does not know -mcpu={mcpu} (from "
+                f"capability.cpu {cpu!r}); no firmware figures",
+            }
+        }
+    mem = platform.capability.memories
+    obj, elf = c_export.build_firmware(
+        out, prefix, int(mem.flash_bytes.value), int(mem.sram_bytes.value), mcpu=mcpu
+    )
+    files += [obj, elf]
+    return {
+        "cortex_m": {
+            "cpu": cpu,
+            "compiler": _tool_version(c_export.ARM_GCC),
+            "flags": list(c_export.cortex_m_flags(mcpu)),
+            "model_object": {"file": f"cortex_m/{obj.name}", **c_export.elf_sizes(obj)},
+            "firmware_elf": {"file": f"cortex_m/{elf.name}", **c_export.elf_sizes(elf)},
+            "note": "firmware = model + minimal startup/main, no libc; flash = "
+            ".text+.rodata+.data (+vectors), RAM = .data+.bss (stack not included)",
+        }
+    }
 
 
 def build_manifest(

@@ -29,6 +29,7 @@ Build helpers compile a host test harness with gcc, and a Cortex-M4 image for QE
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import struct
@@ -433,6 +434,39 @@ def bench_host(exe: Path, iters: int, repeats: int = 15) -> float:
 ARM_GCC = "arm-none-eabi-gcc"
 QEMU = "qemu-system-arm"
 CM4_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft", "-std=c99", "-O2")
+# A descriptor's capability.cpu spelled as vendors do -> GCC's -mcpu name (the FPU suffix is
+# irrelevant here: the model is integer-only and built with -mfloat-abi=soft).
+_GCC_CORTEX_M = {
+    "cortex-m4f": "cortex-m4",
+    "cortex-m7f": "cortex-m7",
+    "cortex-m0+": "cortex-m0plus",
+}
+
+
+def cortex_m_cpu(cpu: str) -> str | None:
+    """GCC's ``-mcpu`` for a descriptor's ``capability.cpu``, or None if it is no Cortex-M."""
+    name = cpu.strip().lower()
+    if not name.startswith("cortex-m"):
+        return None
+    return _GCC_CORTEX_M.get(name, name)
+
+
+def cortex_m_flags(mcpu: str = "cortex-m4") -> tuple[str, ...]:
+    """The firmware compile flags for one Cortex-M (:data:`CM4_FLAGS` for the Cortex-M4)."""
+    return (f"-mcpu={mcpu}", *CM4_FLAGS[1:])
+
+
+def arm_gcc_supports(mcpu: str) -> bool:
+    """Whether this arm-none-eabi-gcc accepts ``-mcpu=mcpu`` (asked by preprocessing nothing)."""
+    if not shutil.which(ARM_GCC):
+        return False
+    proc = subprocess.run(
+        [ARM_GCC, *cortex_m_flags(mcpu), "-E", "-x", "c", "-o", os.devnull, os.devnull],
+        capture_output=True,
+        check=False,
+    )
+    return proc.returncode == 0
+
 
 # QEMU mps2-an386 (Cortex-M4): 4 MB SSRAM at 0x0 (code, data: loaded in place by QEMU), and
 # SSRAM at 0x20000000 for the stack. One region for everything keeps .data where it is loaded.
@@ -603,16 +637,17 @@ int main(void)
 
 
 def build_firmware(
-    src_dir: Path, prefix: str, flash_bytes: int, ram_bytes: int
+    src_dir: Path, prefix: str, flash_bytes: int, ram_bytes: int, mcpu: str = "cortex-m4"
 ) -> tuple[Path, Path]:
-    """Compile the model object and link a libc-free Cortex-M4 firmware; (object, elf)."""
+    """Compile the model object and link a libc-free Cortex-M firmware (``-mcpu=mcpu``,
+    Cortex-M4 by default); (object, elf)."""
     fw = src_dir / "cortex_m"
     fw.mkdir(exist_ok=True)
     (fw / "startup.c").write_text(FIRMWARE_STARTUP)
     (fw / "main.c").write_text(firmware_main(prefix))
     (fw / "link.ld").write_text(firmware_linker(flash_bytes, ram_bytes))
     obj = fw / f"{prefix}.o"
-    common = [*CM4_FLAGS, "-ffreestanding", "-ffunction-sections", "-fdata-sections"]
+    common = [*cortex_m_flags(mcpu), "-ffreestanding", "-ffunction-sections", "-fdata-sections"]
     model_c = str(src_dir / f"{prefix}.c")
     _run([ARM_GCC, *common, "-Wall", "-Werror", "-c", "-o", str(obj), model_c])
     elf = fw / "firmware.elf"

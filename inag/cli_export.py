@@ -292,14 +292,17 @@ def _print_summary(manifest: dict[str, Any], out: Path) -> None:
     if "note" in info:
         typer.echo(f"  note: {info['note']}")
     cm = info.get("cortex_m")
+    cpu = (cm or {}).get("cpu") or "Cortex-M4"
     if cm and "firmware_elf" in cm:
         fw, mo = cm["firmware_elf"], cm["model_object"]
         typer.echo(
-            f"  Cortex-M4 firmware: flash {fw['flash_bytes']} B, RAM {fw['ram_bytes']} B "
+            f"  {cpu} firmware: flash {fw['flash_bytes']} B, RAM {fw['ram_bytes']} B "
             f"(model alone: flash {mo['flash_bytes']} B, RAM {mo['ram_bytes']} B)"
         )
     elif cm:
-        typer.echo(f"  Cortex-M4 sizes skipped: {cm['skipped']}")
+        typer.echo(f"  {cpu} sizes skipped: {cm['skipped']}")
+    elif "firmware" in info:
+        typer.echo(f"  firmware sizes skipped: {info['firmware']['skipped']}")
     if "measured" in manifest:
         m = manifest["measured"]
         typer.echo(

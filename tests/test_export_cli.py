@@ -332,3 +332,54 @@ def test_bad_architecture_inputs(tmp_path, capsys):
         capsys,
     )
     assert "CNN" in err
+
+
+def _mcu_descriptor(tmp_path: Path, name: str, cpu: str, isa: str) -> Path:
+    """The bundled Cortex-M descriptor with another CPU (a RISC-V MCU, another Cortex-M)."""
+    src = (
+        Path(__file__).resolve().parents[1] / "inag" / "platforms" / "cortex_m.yaml"
+    ).read_text()
+    text = (
+        src.replace("name: cortex_m\n", f"name: {name}\n")
+        .replace("  cpu: cortex-m4f\n", f"  cpu: {cpu}\n")
+        .replace("  isa: armv7e-m\n", f"  isa: {isa}\n")
+    )
+    assert text.count(cpu) >= 1 and f"name: {name}" in text
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_export_for_a_risc_v_mcu_reports_no_cortex_m_firmware(net_file, tmp_path, capsys):
+    """A `kind: mcu` platform whose CPU is no Cortex-M: no Cortex-M4 firmware is built or
+    reported; the manifest and the summary say firmware sizes are measured for Cortex-M only."""
+    plat = _mcu_descriptor(tmp_path, "riscv_mcu", "rv32imac", "rv32imac")
+    out = tmp_path / "out"
+    argv = ["export", "--target", "c", "--net", str(net_file), "--platform", str(plat)]
+    assert main([*argv, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    m = check_manifest(out, "c")
+    info = m["target_info"]
+    assert "cortex_m" not in info
+    assert "Cortex-M CPUs only" in info["firmware"]["skipped"]
+    assert "'rv32imac'" in info["firmware"]["skipped"]
+    assert not (out / "cortex_m").exists()
+    assert not any("cortex_m/" in f for f in m["files"])
+    assert "Cortex-M4" not in text and "firmware sizes skipped" in text
+
+
+def test_export_builds_firmware_for_the_descriptors_cortex_m(net_file, tmp_path, capsys):
+    """A Cortex-M0+ descriptor: the firmware is built with -mcpu=cortex-m0plus, not the M4."""
+    from export.c_export import arm_tools
+
+    if arm_tools()["gcc"] is None:
+        pytest.skip("no arm-none-eabi-gcc")
+    plat = _mcu_descriptor(tmp_path, "m0_mcu", "cortex-m0+", "armv6-m")
+    out = tmp_path / "out"
+    argv = ["export", "--target", "c", "--net", str(net_file), "--platform", str(plat)]
+    assert main([*argv, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    cm = check_manifest(out, "c")["target_info"]["cortex_m"]
+    assert cm["cpu"] == "cortex-m0+" and "-mcpu=cortex-m0plus" in cm["flags"]
+    assert cm["firmware_elf"]["flash_bytes"] > 0
+    assert "cortex-m0+ firmware: flash" in text
