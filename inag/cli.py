@@ -685,7 +685,11 @@ def dataset_info(
         typer.echo(json.dumps(info, indent=2))
         return
     c = info["counts"]
-    typer.echo(f"{info['path']}: task {info['task']}, space {info['space']}")
+    shape = "x".join(str(d) for d in info["input_shape"] or []) or "?"
+    typer.echo(
+        f"{info['path']}: task {info['task']} ({info['task_kind'] or 'unknown kind'}, input "
+        f"shape {shape}, {info['output_size']} output(s)), space {info['space']}"
+    )
     typer.echo(
         f"  rows: {c['ok'] + c['failed']} ({c['ok']} ok, {c['failed']} failed); "
         f"mean train time {info['train_seconds_per_net'] or 0:.3f} s/net (batched)"
@@ -800,7 +804,9 @@ def train(
     model.save(out)
     typer.echo(
         f"encoder: held-out R2 {rep.r2:.4f}, Kendall tau {rep.kendall_tau:.4f} "
-        f"({rep.n_train} train / {rep.n_val} held-out rows, {rep.seconds:.1f} s)"
+        f"({rep.n_train} train / {rep.n_val} held-out rows, {rep.seconds:.1f} s); the epoch "
+        f"kept is the one with the best held-out R2 (epoch {rep.best_epoch}/{rep.epochs}, "
+        f"the bar's best_held_out_r2; the last epoch's was {rep.last_r2:.4f})"
     )
     typer.echo(
         f"NAGAN: {cfg.gan_steps} steps, {model.meta['gan_seconds']:.1f} s; total "

@@ -262,10 +262,14 @@ class DatasetStore:
                 bits[layer.bits] = bits.get(layer.bits, 0) + 1
                 widths[layer.width] = widths.get(layer.width, 0) + 1
         secs = [r["seconds"] for r in self.rows(None)]
+        space = meta.get("space") or {}
         return {
             "path": str(self.path),
             "task": meta.get("task"),
-            "space": (meta.get("space") or {}).get("name"),
+            "task_kind": meta.get("task_kind"),
+            "input_shape": space.get("input_shape"),
+            "output_size": space.get("output_size"),
+            "space": space.get("name"),
             "counts": self.count(),
             "performance_quantiles": (
                 {str(q): float(np.quantile(perf, q)) for q in qs} if len(perf) else {}

@@ -424,11 +424,19 @@ def _build(space: SearchSpace, cfg: NaganConfig) -> tuple[Encoder, Generator, Di
 # ---------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class EncoderReport:
+    """The encoder's fit. ``r2`` and ``kendall_tau`` are on the held-out split at the epoch
+    kept, the one with the best held-out R2 (so that split also chose the epoch and ``r2`` is
+    the maximum the progress bar showed, its ``best_held_out_r2``); ``last_r2`` is the last
+    epoch's held-out R2, the bar's final ``held_out_r2``."""
+
     r2: float
     kendall_tau: float
     n_train: int
     n_val: int
     seconds: float
+    best_epoch: int = 0
+    epochs: int = 0
+    last_r2: float = float("nan")
 
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
@@ -463,7 +471,8 @@ def train_encoder(
     gen = torch.Generator().manual_seed(cfg.seed)
     use_jitter = space is not None and cfg.enc_jitter
     half = dequantizer(space) if use_jitter else torch.zeros(x.shape[1])
-    best = (-math.inf, None)
+    best: tuple[float, Any, int] = (-math.inf, None, 0)
+    r2 = -math.inf
     for epoch in range(cfg.enc_epochs):
         encoder.train()
         order = torch.randperm(len(xt), generator=gen)
@@ -479,18 +488,24 @@ def train_encoder(
             pv = encoder(xv).numpy()
         r2 = r2_score(cv, pv)
         if r2 > best[0]:
-            best = (r2, {k: v.clone() for k, v in encoder.state_dict().items()})
+            best = (r2, {k: v.clone() for k, v in encoder.state_dict().items()}, epoch + 1)
         if progress:
-            progress(
-                "encoder", epoch + 1, cfg.enc_epochs, {"loss": float(loss.detach()), "val_r2": r2}
-            )
+            stats = {"loss": float(loss.detach()), "held_out_r2": r2, "best_held_out_r2": best[0]}
+            progress("encoder", epoch + 1, cfg.enc_epochs, stats)
     assert best[1] is not None
     encoder.load_state_dict(best[1])
     encoder.eval()
     with torch.no_grad():
         pv = encoder(xv).numpy()
     return EncoderReport(
-        r2_score(cv, pv), kendall_tau(cv, pv), len(tr), len(val), time.perf_counter() - t0
+        r2_score(cv, pv),
+        kendall_tau(cv, pv),
+        len(tr),
+        len(val),
+        time.perf_counter() - t0,
+        best_epoch=best[2],
+        epochs=cfg.enc_epochs,
+        last_r2=r2,
     )
 
 

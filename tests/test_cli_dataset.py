@@ -49,7 +49,7 @@ def test_sample_reports_progress(tmp_path, capsys):
 def test_dataset_info(db, capsys):
     assert main(["dataset", "info", str(db)]) == 0
     out = capsys.readouterr().out
-    assert f"{db}: task data_a, space mlp" in out
+    assert f"{db}: task data_a (regression, input shape 1, 1 output(s)), space mlp" in out
     assert "rows: " in out and "performance quantiles: q0=" in out
     for key in ("depth coverage", "width coverage", "bits coverage", "trainer:"):
         assert key in out
@@ -57,6 +57,8 @@ def test_dataset_info(db, capsys):
     info = json.loads(capsys.readouterr().out)
     total = info["counts"]["ok"] + info["counts"]["failed"]
     assert total >= 12 and info["trainer"]["epochs"] == 2
+    assert info["task_kind"] == "regression" and info["input_shape"] == [1]
+    assert info["output_size"] == 1
     assert set(info["performance_quantiles"]) >= {"0.0", "0.5", "1.0"}
 
 

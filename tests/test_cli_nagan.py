@@ -88,6 +88,44 @@ def test_train_writes_an_artifact_and_prints_r2(
     assert model.p_min == pytest.approx(tiny_dataset.perf.min())
 
 
+def test_train_bar_and_report_name_the_same_r2(
+    capsys: pytest.CaptureFixture[str], tiny_dataset, tmp_path: Path
+) -> None:
+    """The progress bar's last state and the final line speak of the same held-out split: the
+    bar's best_held_out_r2 is the R2 reported (the epoch kept), and the report also gives the
+    last epoch's held-out R2, which is what the bar's held_out_r2 ends on."""
+    argv = ["--out", tmp_path / "m.nagan", "--gan-steps", "5", "--enc-epochs", "12"]
+    code, stdout, stderr = run(capsys, "train", "--db", tiny_dataset.db, *argv)
+    assert code == 0, stderr
+    m = re.search(
+        r"held-out R2 (-?\d+\.\d+).*epoch (\d+)/12, the bar's best_held_out_r2; the last "
+        r"epoch's was (-?\d+\.\d+)\)",
+        stdout,
+    )
+    assert m, stdout
+    bar = re.findall(r"held_out_r2=(-?\d+\.\d+) best_held_out_r2=(-?\d+\.\d+)", stderr)
+    assert bar, stderr
+    last, best = bar[-1]
+    assert best == m.group(1) and last == m.group(3)
+
+
+def test_train_encoder_report_is_the_best_epoch_on_the_held_out_split(tiny_dataset) -> None:
+    from inag.nagan import Encoder, NaganConfig, train_encoder
+
+    cfg = NaganConfig(seed=0, enc_epochs=10)
+    x = tiny_dataset.space.encode_many(tiny_dataset.archs).astype(np.float32)
+    p = tiny_dataset.perf
+    c = ((p - p.min()) / (p.max() - p.min())).astype(np.float32)
+    seen: list[dict[str, float]] = []
+    rep = train_encoder(Encoder(x.shape[1], cfg.enc_hidden), x, c, cfg, tiny_dataset.space,
+                        lambda stage, i, n, stats: seen.append(stats))  # fmt: skip
+    r2s = [s["held_out_r2"] for s in seen]
+    assert rep.r2 == pytest.approx(max(r2s), abs=1e-6)
+    assert rep.r2 == pytest.approx(seen[-1]["best_held_out_r2"], abs=1e-6)
+    assert rep.last_r2 == r2s[-1] and r2s[rep.best_epoch - 1] == max(r2s)
+    assert rep.epochs == 10
+
+
 def test_train_on_a_missing_dataset_is_a_clean_error(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
