@@ -30,7 +30,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -365,7 +365,7 @@ def run_sweep(
     n: int = 1000,
     threshold: float = 0.05,
     rank_by: str = "dist_f",
-    overrides: dict[str, float | None] | None = None,
+    overrides: Mapping[str, float | None] | None = None,
     seed: int = 0,
     real: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
@@ -403,7 +403,7 @@ def run_sweep(
     t0 = time.perf_counter()
     coster = PlatformCoster(platform, reference=largest_for)
     _check_roles(coster, platform)
-    stages = build_stages(platform, coster, threshold, overrides)
+    stages = build_stages(platform, coster, threshold, dict(overrides or {}))
     sels = []
     for i, c in enumerate(conds):
         gen = generate_bag(model, c, n, condition_seed(seed, i))
