@@ -634,6 +634,47 @@ _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = "test_batch"
 
 
+# A real batch is 31,035,704 bytes (10,000 images); a file well beyond that is refused before
+# it is read, and everything unpickled from it is bounded by its size.
+_CIFAR_BATCH_MAX_BYTES = 64 << 20
+
+
+class _CraftedPickle(Exception):  # noqa: N818 - internal, becomes a TaskError with the path
+    """A CIFAR batch asks for something a real batch never does."""
+
+
+def _plain_dtype(*args: Any) -> np.dtype:
+    """``np.dtype`` for a pickle, refusing object dtypes (arrays of arbitrary objects)."""
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise _CraftedPickle(f"an array of Python objects (dtype {dt})")
+    return dt
+
+
+def _brief(value: Any) -> str:
+    from inag.safe_io import brief
+
+    return brief(value)
+
+
+def _guarded(fn: Any, name: str) -> Any:
+    """numpy's array rebuilders, refusing object dtypes and (``_reconstruct``) any shape but
+    the empty placeholder real pickles use, so nothing is allocated beyond the data read."""
+
+    def call(*args: Any) -> Any:
+        if name == "_reconstruct":
+            shape = args[1] if len(args) > 1 else ()
+            dims = shape if isinstance(shape, tuple) else (shape,)
+            if not all(isinstance(d, int) and 0 <= d <= 1 for d in dims):
+                raise _CraftedPickle(f"a placeholder array of shape {_brief(shape)}")
+        for a in args:
+            if isinstance(a, np.dtype) and a.hasobject:
+                raise _CraftedPickle(f"an array of Python objects (dtype {a})")
+        return fn(*args)
+
+    return call
+
+
 def _allowed_pickle_globals() -> dict[tuple[str, str], Any]:
     """The only callables a CIFAR batch may reference: numpy array/dtype rebuilding."""
     import _codecs
@@ -644,13 +685,17 @@ def _allowed_pickle_globals() -> dict[tuple[str, str], Any]:
         from numpy.core import multiarray, numeric  # type: ignore[no-redef]
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "dtype"): _plain_dtype,
         ("_codecs", "encode"): _codecs.encode,
     }
     for module in ("numpy.core", "numpy._core"):
-        allowed[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{module}.multiarray", "_reconstruct")] = _guarded(
+            multiarray._reconstruct, "_reconstruct"
+        )
         if hasattr(numeric, "_frombuffer"):
-            allowed[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer
+            allowed[(f"{module}.numeric", "_frombuffer")] = _guarded(
+                numeric._frombuffer, "_frombuffer"
+            )
     return allowed
 
 
@@ -674,12 +719,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import io
+
+    from inag.safe_io import InputError, read_bytes
+
     expected = "a dict with b'data' (uint8, N x 3072) and b'labels' (N ints in 0..9)"
     try:
-        with path.open("rb") as handle:
-            batch = _RestrictedUnpickler(handle, path).load()
+        raw = read_bytes(path, "a CIFAR-10 python batch", _CIFAR_BATCH_MAX_BYTES)
+    except InputError as exc:
+        raise TaskError(f"cifar10: {exc}") from None
+    try:
+        batch = _RestrictedUnpickler(io.BytesIO(raw), path).load()
     except TaskError:
         raise
+    except _CraftedPickle as exc:
+        raise TaskError(
+            f"cifar10: {str(path)!r} asks for {exc}, which a CIFAR-10 batch never does; "
+            f"refusing it (expected {expected})"
+        ) from None
     except Exception as exc:  # pickle raises many types on corrupt input
         raise TaskError(
             f"cifar10: {str(path)!r} is not a readable CIFAR-10 python batch "

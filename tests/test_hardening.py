@@ -1107,3 +1107,94 @@ def test_generate_memory_does_not_grow_with_n(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         peaks.append(int(proc.stderr.strip().splitlines()[-1]))  # KB
     assert peaks[1] - peaks[0] < 35_000, peaks
+
+
+# ---------------------------------------------------------------------------- CIFAR-10 batches
+def _cifar_dir(root: Path, n: int = 4) -> Path:
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        }
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
+class _HugePlaceholder:
+    """Pickles as numpy's own _reconstruct asked for a 10^10-element array."""
+
+    def __reduce__(self) -> tuple:
+        import numpy as np
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (100_000, 100_000), b"b"))
+
+
+class _Evil:
+    def __reduce__(self) -> tuple:
+        return (eval, ("1 + 1",))
+
+
+def _cifar_cases() -> dict[str, tuple[Callable[[Path], None], tuple[str, ...]]]:
+    import pickle
+
+    import numpy as np
+
+    def put(obj: object) -> Callable[[Path], None]:
+        return lambda p: p.write_bytes(pickle.dumps(obj, protocol=2))
+
+    def truncate(p: Path) -> None:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+    def sparse(p: Path) -> None:
+        with p.open("r+b") as fh:
+            fh.truncate(200 << 20)  # nothing is written, nothing may be read
+
+    good = {b"labels": [1, 2], b"data": np.zeros((2, 3072), np.uint8)}
+    return {
+        "truncated": (truncate, ("not a readable CIFAR-10 python batch", "truncated")),
+        "oversized": (sparse, ("more than the", "accepted")),
+        "object_array": (
+            put({**good, b"data": np.array([object()] * 2, dtype=object)}),
+            ("Python objects",),
+        ),
+        "huge_placeholder": (put({**good, b"data": _HugePlaceholder()}), ("shape",)),
+        "eval_global": (put({**good, b"labels": _Evil()}), (".eval, which a CIFAR-10 batch never does", "refusing")),
+        "not_a_dict": (put([1, 2, 3]), ("holds a list",)),
+        "wrong_columns": (put({**good, b"data": np.zeros((2, 100), np.uint8)}), ("columns",)),
+        "labels_out_of_range": (put({**good, b"labels": [1, 12]}), ("outside 0..9",)),
+        "garbage": (lambda p: p.write_bytes(b"\x80\x05garbage" * 10), ("not a readable",)),
+    }
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", sorted(_cifar_cases()))
+def test_malformed_cifar_batches(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    edit, needles = _cifar_cases()[case]
+    folder = _cifar_dir(tmp_path)
+    edit(folder / "data_batch_3")
+    db = tmp_path / "d.sqlite"
+    code, _, err = run(capsys, "sample", "--task", f"cifar10:{tmp_path}", "-n", 2, "--db", db)
+    assert_error(code, err, "data_batch_3", *needles)
+    assert not db.exists()
+
+
+def test_space_sample_n_is_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "space", "sample", "-n", 10**9)
+    assert_error(code, err, "-n 1,000,000,000", "GB of memory", "340 bytes per architecture")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(space_text(dense={"min_depth": 1, "max_depth": 1, "widths": [4, 8]}))
+    code, _, err = run(capsys, "space", "sample", "--space", path, "-n", 10**6)
+    assert_error(code, err, "'tiny' holds only 6 distinct architectures", "-n 1,000,000")
+    code, out, err = run(capsys, "space", "sample", "--space", path, "-n", 6)
+    assert code == 0 and len(set(out.splitlines())) == 6, err
