@@ -914,7 +914,14 @@ def generate(
             if write:
                 write(lines)
             else:
-                sys.stdout.write(lines)
+                try:
+                    sys.stdout.write(lines)
+                    sys.stdout.flush()
+                except BrokenPipeError:  # `| head`: the reader has all it wants; stop quietly
+                    import os
+
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    raise typer.Exit(141) from None  # 128 + SIGPIPE, as `yes | head` gives
             if len(seen) < MAX_TRACKED_UNIQUE:
                 seen.update(a.arch_id for a in bag)
     if len(seen) < MAX_TRACKED_UNIQUE:

@@ -1201,3 +1201,21 @@ def test_space_sample_n_is_bounded(tmp_path: Path, capsys: pytest.CaptureFixture
     assert_error(code, err, "'tiny' holds only 6 distinct architectures", "-n 1,000,000")
     code, out, err = run(capsys, "space", "sample", "--space", path, "-n", 6)
     assert code == 0 and len(set(out.splitlines())) == 6, err
+
+
+def test_generate_into_a_closed_pipe_stops_quietly() -> None:
+    """`inag generate -n 200000 | head -1`: streamed, so it stops when the reader goes, with
+    the shell's SIGPIPE status and no traceback."""
+    proc = subprocess.Popen(
+        [*INAG, "generate", "--model", "data_a", "--condition", "0.5", "-n", "200000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["condition"] == 0.5
+    proc.stdout.close()
+    code = proc.wait(60)
+    err = proc.stderr.read()
+    assert code == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
