@@ -780,9 +780,11 @@ def sampler(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
     started: list[subprocess.Popen[str]] = []
 
-    def start(db: Path) -> subprocess.Popen[str]:
+    def start(db: Path, workers: int = 2) -> subprocess.Popen[str]:
+        argv = [*SAMPLE[: SAMPLE.index("--workers") + 1], str(workers)]
+        argv += SAMPLE[SAMPLE.index("--workers") + 2 :]
         proc = subprocess.Popen(
-            [*INAG, *SAMPLE, "--db", str(db)],
+            [*INAG, *argv, "--db", str(db)],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -790,8 +792,9 @@ def sampler(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
             start_new_session=True,
         )
         started.append(proc)
-        # running: both workers started and at least one chunk committed
-        _wait_for(lambda: len(_descendants(proc.pid)) >= 2 and _rows(db) > 0, 90, "training")
+        # running: the workers started and at least one chunk committed
+        need = workers if workers > 1 else 0
+        _wait_for(lambda: len(_descendants(proc.pid)) >= need and _rows(db) > 0, 90, "training")
         return proc
 
     yield start
@@ -828,17 +831,18 @@ def test_sample_workers_die_with_their_parent(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [2, 1])
 def test_sample_ctrl_c_keeps_every_finished_row(
-    tmp_path: Path, sampler: Callable[..., subprocess.Popen[str]]
+    workers: int, tmp_path: Path, sampler: Callable[..., subprocess.Popen[str]]
 ) -> None:
     """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it): exit 130 with a
     one-line message, the finished chunks are in the file, no worker is left, and the file is
-    whole; re-running the command resumes from there."""
+    whole. With --workers 1 the chunk training in the driver itself is interrupted at once."""
     import os
     import signal
 
     db = tmp_path / "d.sqlite"
-    proc = sampler(db)
+    proc = sampler(db, workers)
     workers = _descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
     code = proc.wait(30)
