@@ -1103,14 +1103,15 @@ def select(
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Pareto plot PNG of the whole bag.")] = None,
     verify: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             help="QAT-train the top K of each platform with the dataset's recipe and re-rank "
             "them by measured performance (the encoder's top estimates run high; about 0.1 s "
-            "per net with the C trainer). 0: rank by the estimate alone.",
+            "per net with the C trainer). Default: 8 where the model's task data is "
+            "available (the embedded tasks), else 0. 0: rank by the estimate alone.",
         ),
-    ] = 0,
+    ] = None,
 ) -> None:
     """Generate one bag for a target and keep, per platform, the nets that fit its budgets."""
     from inag.platform import load_platform
@@ -1167,6 +1168,20 @@ def select(
         raise CliError(str(exc)) from None
     dt = time.perf_counter() - t0
     t_verify = 0.0
+    verify_note = ""
+    if verify is None and rank_by != "dist_f":
+        verify = 0  # ranked by a cost the user chose: nothing to verify the order of
+    if verify is None:
+        from inag.select import DEFAULT_VERIFY, why_not_verifiable
+
+        why = why_not_verifiable(m)
+        verify = 0 if why else DEFAULT_VERIFY
+        verify_note = (
+            f"ranked by the encoder's estimate alone: {why}"
+            if why
+            else f"verified by default: the top {verify} are trained on {m.task} "
+            "(--verify 0 ranks by the estimate alone)"
+        )
     if verify:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -1176,6 +1191,7 @@ def select(
             BarColumn(),
             MofNCompleteColumn(),
             console=_console(stderr=True),
+            transient=True,  # the summary line says what was verified
         ) as bar:
             job = bar.add_task("verify", total=None)
             try:
@@ -1194,6 +1210,8 @@ def select(
         f"{t0 - t_load:.2f} s, selected in {dt:.2f} s"
         + (f", top {verify} verified by training in {t_verify:.1f} s" if verify else "")
     )
+    if verify_note:
+        con.print(f"note: {verify_note}")
     records = []
     for sel in sels:
         tr = tries[sel.platform]

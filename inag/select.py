@@ -303,6 +303,24 @@ def select(
     return out, tries
 
 
+DEFAULT_VERIFY = 8  # what `inag select` trains by default where it can (docs/decisions.md)
+
+
+def why_not_verifiable(model: Nagan) -> str | None:
+    """Why the model's candidates cannot be trained here, or None when they can: the model
+    must record its dataset's trainer settings, and its task's data must load (the embedded
+    tasks always do; a task read from files needs them here)."""
+    if "trainer" not in model.meta:
+        return "the model does not record the trainer settings of its dataset"
+    from inag.tasks import TaskError, load_task
+
+    try:
+        load_task(model.task, seed=int(model.meta.get("data_seed", 0)))
+    except (TaskError, OSError, ValueError) as exc:
+        return f"its task {model.task!r} is not available here ({exc})"
+    return None
+
+
 def verify(
     selections: Sequence[Selection],
     model: Nagan,
