@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import platform as _pyplatform
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -30,9 +29,9 @@ import numpy as np
 from export import reference
 from export.errors import ExportError
 from export.qnet import QuantizedNet
+from export.tools import tool_version
 
 MANIFEST_FORMAT = "inag-export-manifest-v1"
-TARGETS = ("onnx", "tvm", "c")
 N_SELF_CHECK = 64
 
 
@@ -55,19 +54,6 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def _tool_version(cmd: str) -> str | None:
-    exe = shutil.which(cmd)
-    if exe is None:
-        return None
-    import subprocess
-
-    try:
-        first = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
-        return first.stdout.splitlines()[0].strip() if first.stdout else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
@@ -133,135 +119,27 @@ def export_artifacts(
     self_check: bool = True,
     extra_files: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Export ``net`` for ``target`` into ``out_dir``; returns the manifest (also written)."""
-    if target not in TARGETS:
-        raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    """Export ``net`` for ``target`` into ``out_dir``; returns the manifest (also written).
+
+    Every target goes the same way (``export.targets``): its platform check before the disk
+    is touched, its files, then the self-check of what was written against the integer
+    reference, bit for bit (or the reason it cannot run here)."""
+    from export.targets import get_target
+
+    t = get_target(target)
     check_platform_bits(net, platform)
-    tvm_target = None
-    if target == "tvm":
-        from export.tvm_export import check_target
-
-        tvm_target = check_target(platform)  # before touching the disk
+    ctx = t.prepare(net, platform)  # before touching the disk
     out = prepare_out_dir(out_dir)
-    stem = f"inag_{net.arch_id}"
     files: list[Path] = [Path(p) for p in (extra_files or {}).values()]
-    info: dict[str, Any] = {}
+    info, written = t.write(net, out, f"inag_{net.arch_id}", platform, ctx)
+    files.extend(written)
     check: dict[str, Any] = {"ran": False}
-    if target == "onnx":
-        from export import onnx_export
-
-        path = out / f"{stem}.onnx"
-        model = onnx_export.save_onnx(net, str(path))
-        files.append(path)
-        info = {"opset": onnx_export.OPSET, "graph_inputs": ["x"], "graph_outputs": ["y", "y_int"]}
-        if self_check:
-            sess = onnx_export.session(model)
-            check = _verify("onnxruntime", lambda x: onnx_export.run_codes(sess, net, x), net)
-    elif target == "tvm":
-        from export import tvm_export
-
-        assert tvm_target is not None
-        ex = tvm_export.compile_net(net, tvm_target)
-        lib = tvm_export.export_library(ex, out, stem, tvm_target)
-        files.append(out / lib["library"])
-        info = {"target": tvm_target, **lib, "entry": "main(x: int8[n, *input]) -> int32[n, out]"}
-        if self_check and lib["linked"] and not tvm_export.is_cross(tvm_target):
-            loaded = tvm_export.load_library(out / lib["library"])
-            check = _verify("tvm", lambda x: tvm_export.run_vm(loaded, x), net)
-        elif self_check:
-            check = {"ran": False, "reason": "cross-compiled: cannot run on this machine"}
-    else:
-        info, check, c_files = _export_c(net, out, platform, self_check)
-        files.extend(c_files)
+    if self_check:
+        run, name = t.runner(net, out, info)
+        check = _verify(name, run, net) if run is not None else {"ran": False, "reason": name}
     manifest = build_manifest(net, target, platform, out, files, predicted_costs, info, check)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return manifest
-
-
-def _export_c(
-    net: QuantizedNet, out: Path, platform: Any, self_check: bool
-) -> tuple[dict[str, Any], dict[str, Any], list[Path]]:
-    from export import c_export
-
-    cs, files = c_export.write_c(net, out)
-    info: dict[str, Any] = {
-        "prefix": cs.prefix,
-        "api": [
-            f"{cs.prefix}_input",
-            f"{cs.prefix}_output",
-            f"{cs.prefix}_invoke",
-            f"{cs.prefix}_run",
-        ],
-        "arena_bytes": cs.arena_bytes,
-        "tensor_bytes": list(cs.tensor_bytes),
-        "tensor_offsets": list(cs.tensor_offsets),
-        "packed_weight_bytes": cs.weight_bytes,
-        "bias_bytes": cs.bias_bytes,
-    }
-    check: dict[str, Any] = {"ran": False}
-    if self_check and shutil.which("gcc"):
-        with tempfile.TemporaryDirectory() as tmp:
-            t = Path(tmp)
-            for f in files:
-                shutil.copy(f, t / f.name)
-            exe = c_export.build_host(t, cs.prefix)
-            check = _verify("c (host gcc)", lambda x: c_export.run_host(exe, net, x), net)
-    elif self_check:
-        check = {"ran": False, "reason": "no gcc on PATH"}
-    if platform.kind == "mcu":
-        info.update(_firmware(out, cs.prefix, platform, files))
-    return info, check, files
-
-
-def _firmware(out: Path, prefix: str, platform: Any, files: list[Path]) -> dict[str, Any]:
-    """Firmware flash/RAM sizes of an MCU platform: measured by building a libc-free firmware
-    with arm-none-eabi-gcc for the descriptor's own Cortex-M (``capability.cpu``). Any other
-    CPU (RISC-V, ...) gets no firmware figures rather than a Cortex-M4's."""
-    from export import c_export
-
-    cpu = str(getattr(platform.capability, "cpu", "") or "")
-    mcpu = c_export.cortex_m_cpu(cpu)
-    if mcpu is None:
-        found = f"capability.cpu is {cpu!r}" if cpu else "capability.cpu is not given"
-        return {
-            "firmware": {
-                "skipped": f"firmware sizes are measured for Cortex-M CPUs only "
-                f"(arm-none-eabi-gcc); {platform.name}'s {found}. The flash and SRAM "
-                "figures of this export are the cost models' predictions"
-            }
-        }
-    if not c_export.arm_tools()["gcc"]:
-        return {
-            "cortex_m": {
-                "cpu": cpu,
-                "skipped": f"{c_export.ARM_GCC} not found: install gcc-arm-none-eabi for "
-                "the ELF flash/RAM figures",
-            }
-        }
-    if not c_export.arm_gcc_supports(mcpu):
-        return {
-            "cortex_m": {
-                "cpu": cpu,
-                "skipped": f"{c_export.ARM_GCC} does not know -mcpu={mcpu} (from "
-                f"capability.cpu {cpu!r}); no firmware figures",
-            }
-        }
-    mem = platform.capability.memories
-    obj, elf = c_export.build_firmware(
-        out, prefix, int(mem.flash_bytes.value), int(mem.sram_bytes.value), mcpu=mcpu
-    )
-    files += [obj, elf]
-    return {
-        "cortex_m": {
-            "cpu": cpu,
-            "compiler": _tool_version(c_export.ARM_GCC),
-            "flags": list(c_export.cortex_m_flags(mcpu)),
-            "model_object": {"file": f"cortex_m/{obj.name}", **c_export.elf_sizes(obj)},
-            "firmware_elf": {"file": f"cortex_m/{elf.name}", **c_export.elf_sizes(elf)},
-            "note": "firmware = model + minimal startup/main, no libc; flash = "
-            ".text+.rodata+.data (+vectors), RAM = .data+.bss (stack not included)",
-        }
-    }
 
 
 def build_manifest(
@@ -319,7 +197,7 @@ def build_manifest(
         "files": file_rec,
         "versions": {
             **versions(),
-            "gcc": _tool_version("gcc"),
+            "gcc": tool_version("gcc"),
             "machine": _pyplatform.machine(),
         },
     }

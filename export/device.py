@@ -64,6 +64,7 @@ import numpy as np
 from export import c_export
 from export.errors import ExportError
 from export.qnet import INPUT_QMAX, QuantizedNet
+from export.tools import tool_version
 
 ARM_GCC = c_export.ARM_GCC
 ARM_OBJCOPY = "arm-none-eabi-objcopy"
@@ -98,15 +99,6 @@ def require_tool(name: str, purpose: str) -> str:
             f"`sudo apt-get install {pkg}`) or put it on PATH"
         )
     return path
-
-
-def tool_version(tool: str) -> str:
-    try:
-        out = subprocess.run([tool, "--version"], capture_output=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    lines = out.stdout.decode(errors="replace").splitlines()
-    return lines[0].strip() if lines else "unknown"
 
 
 # ---------------------------------------------------------------------------- the board

@@ -201,7 +201,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export")
     def export_cmd(
-        target: Annotated[str, typer.Option(help="Artifact kind: onnx, tvm or c.")],
+        target: Annotated[
+            str,
+            typer.Option(
+                help="Artifact kind: onnx, tvm, c, or a plug-in target (entry-point group "
+                "inag.export_targets)."
+            ),
+        ],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
         net: Annotated[
             str | None,
@@ -225,12 +231,16 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Export a trained network as integer-only ONNX, a TVM library, or standalone C."""
-        from export.artifacts import TARGETS, export_artifacts, prepare_out_dir
+        from export.artifacts import export_artifacts, prepare_out_dir
         from export.qnet import QuantizedNet
+        from export.targets import available_targets
         from inag.platform import load_platform
 
-        if target not in TARGETS:
-            raise _err(f"--target: {target!r} is not a target; choose one of {', '.join(TARGETS)}")
+        targets = available_targets()
+        if target not in targets:
+            raise _err(
+                f"--target: {target!r} is not a target; choose one of {', '.join(targets)}"
+            )
         if net is not None and _SELECT_RE.match(net) and arch is None:
             arch, net = net, None
         if (net is None) == (arch is None):
@@ -268,9 +278,13 @@ def _measure_into(manifest: dict[str, Any], out: Path, qnet: QuantizedNet, plat:
     import numpy as np
 
     from export.measure import measure_platform
+    from export.targets import get_target
 
-    if manifest["target"] != "tvm":
-        raise _err("--measure applies to --target tvm (ONNX and C are timed by the benchmarks)")
+    if not get_target(manifest["target"]).measurable:
+        raise _err(
+            f"--measure applies to targets a device runtime can time (tvm), not "
+            f"{manifest['target']!r}; time the others with `inag measure run --runtime ...`"
+        )
     lib = out / manifest["target_info"]["library"]
     x = np.zeros((1, *qnet.input_shape), dtype=np.int8)
     m = measure_platform(lib, plat, x)

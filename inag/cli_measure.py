@@ -240,8 +240,8 @@ def _measure_one(
 ) -> dict[str, Any]:
     """One measurement as a dict: samples and median in ``unit``, origin, number, extra."""
     if runtime in ("tvm", "onnxruntime", "c"):
-        from export.device import tool_version
         from export.measure import measure_net
+        from export.tools import tool_version
 
         m = measure_net(
             net, runtime, work, platform=plat, device=device, batch=batch, warmup=warmup,
