@@ -533,14 +533,19 @@ def _print_cost(con: Any, result: CostResult, i: int, limits: dict[str, float]) 
 
 
 # ---------------------------------------------------------------------------- datasets
+def _task_forms() -> list[str]:
+    """The task spec forms of the registry (inag.tasks), for help texts."""
+    from inag.tasks import available_tasks
+
+    return available_tasks()
+
+
 @app.command()
 def sample(
     task: Annotated[
         str,
         typer.Option(
-            help="Task: data_a, data_b, digits, diabetes, "
-            "mnist:DIR, cifar10:DIR, california:FILE.csv, "
-            "csv:FILE.csv?target=COL."
+            help=f"Task: {', '.join(_task_forms())}."
         ),
     ] = "data_a",
     space: Annotated[str, typer.Option(help="Search space (mlp or a YAML path).")] = "mlp",

@@ -446,8 +446,10 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def r2_score(y: np.ndarray, p: np.ndarray) -> float:
-    ss = float(((y - y.mean()) ** 2).sum())
-    return 1.0 - float(((y - p) ** 2).sum()) / ss if ss > 0 else 0.0
+    """The encoder's fit: R^2 unclipped, by the one definition (``inag.tasks.metrics``)."""
+    from inag.tasks.metrics import r2
+
+    return r2(y, p, clip=False)
 
 
 def train_encoder(

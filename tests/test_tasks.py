@@ -690,3 +690,47 @@ def test_performance_bad_inputs() -> None:
         performance("classification", np.zeros(4, int), np.zeros((3, 2)))
     with pytest.raises(TaskError, match="integer"):
         performance("classification", np.array([0.5, 1.0]), np.array([0, 1]))
+
+
+# --------------------------------------------------------------------------- the registry
+def test_a_new_task_loader_is_one_registration(tmp_path):
+    """docs/extending.md, recipe 2: a loader registered from a test is listed, parsed, loaded,
+    split, standardized and cached like the built-ins."""
+    import numpy as np
+
+    from inag.tasks import TaskLoader, register_task, unregister_task
+    from inag.tasks.core import _Raw
+
+    def load(arg, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(200, 3))
+        return _Raw("sum3", "regression", (3,), 1, x, x.sum(axis=1), {"source": "test"})
+
+    register_task(TaskLoader("sum3", "sum3", load, help="a test task"))
+    try:
+        assert "sum3" in available_tasks()
+        data = load_task("sum3", seed=1)
+        assert data.kind == "regression" and data.input_shape == (3,)
+        assert load_task("sum3", seed=1) is not data  # a copy of the cached arrays' record
+        with pytest.raises(TaskError, match="takes no argument"):
+            load_task("sum3:x")
+    finally:
+        unregister_task("sum3")
+    with pytest.raises(TaskError, match="unknown task 'sum3'"):
+        load_task("sum3")
+
+
+def test_one_r2_definition_for_scores_and_the_encoder():
+    import numpy as np
+
+    from inag.nagan import r2_score
+    from inag.tasks import r2
+
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    bad = np.array([4.0, 3.0, 2.0, 1.0])
+    assert r2(y, bad) == 0.0 and r2_score(y, bad) == pytest.approx(-3.0)
+    const = np.ones(4)
+    assert r2(const, const) == 1.0 == r2_score(const, const)  # exact fit of a constant
+    assert r2(const, const + 1) == 0.0 == r2_score(const, const + 1)
+    assert r2(y, np.array([1.0, np.nan, 3.0, 4.0])) == 0.0
+    assert performance("regression", y, y) == r2(y, y) == 1.0
