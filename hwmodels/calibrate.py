@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hwmodels.base import HardwareModel, HardwareModelError
+from hwmodels.plausible import RANGES as PLAUSIBLE
 from inag.arch import ArchSpec
 from inag.ir import layer_table_many
 
@@ -144,6 +145,14 @@ def fit(
     table_fit = layer_table_many([archs[i] for i in ids])
     y_fit = y[ids]
     x0 = np.log(np.maximum([start[s] for s in slots], 1e-12))
+    # the fit stays inside the plausible range of each parameter (what validate accepts):
+    # a parameter the data pushes to a bound (compute hidden behind overheads) ends there
+    lo_all, hi_all = x0 - 25.0, x0 + 25.0
+    for k, slot in enumerate(slots):
+        lo, hi, _ = PLAUSIBLE.get(slot[0], (0.0, float("inf"), ""))
+        lo_all[k] = max(lo_all[k], math.log(max(lo, 1e-9)))
+        hi_all[k] = min(hi_all[k], math.log(hi) if math.isfinite(hi) else hi_all[k])
+        x0[k] = min(max(x0[k], lo_all[k] + 1e-9), hi_all[k] - 1e-9)
 
     def build(x: np.ndarray) -> HardwareModel:
         return with_values(model, dict(zip(slots, np.exp(x), strict=True)))
@@ -178,7 +187,7 @@ def fit(
     # start, so one start can stall where the other bound would fit better (seeded, so a
     # calibration is reproducible).
     rng = np.random.default_rng(starts_seed)
-    lo, hi = x0[free] - 25.0, x0[free] + 25.0
+    lo, hi = lo_all[free], hi_all[free]
     best = None
     for k in range(max(1, starts)):
         z0 = x0[free] if k == 0 else np.clip(x0[free] + rng.normal(0, 2.0, free.size), lo, hi)
