@@ -25,6 +25,7 @@ from inag.cli_options import (
     MaxSramKb,
     MaxStorage,
     MaxStorageKb,
+    limit_options,
     read_arch_source,
 )
 
@@ -1121,7 +1122,7 @@ def select(
     """Generate one bag for a target and keep, per platform, the nets that fit its budgets."""
     from inag.platform import load_platform
     from inag.safe_io import atomic_write_text, check_writable
-    from inag.select import SelectionError, limit_overrides
+    from inag.select import SelectionError
     from inag.select import select as run_select
     from inag.select import verify as verify_top
 
@@ -1145,15 +1146,7 @@ def select(
     m = _load_model(model or default_model_path())
     _check_bag_size(n, m, "select")
     c = _target_condition(m, perf, 0.9 if perf is None and condition is None else condition)
-    overrides = limit_overrides(
-        max_storage=max_storage,
-        max_energy=max_energy,
-        max_storage_kb=max_storage_kb,
-        max_energy_uj=max_energy_uj,
-        max_latency_ms=max_latency_ms,
-        max_flash_kb=max_flash_kb,
-        max_sram_kb=max_sram_kb,
-    )
+    overrides = limit_options(locals())
     t0 = time.perf_counter()
     try:
         sels, tries = run_select(

@@ -24,6 +24,7 @@ from inag.cli_options import (
     MaxSramKb,
     MaxStorage,
     MaxStorageKb,
+    limit_options,
 )
 
 if TYPE_CHECKING:
@@ -95,7 +96,6 @@ def baseline(
     from inag.baselines import EVALUATORS, METHODS, BaselineError, search
     from inag.platform import load_platform
     from inag.safe_io import atomic_write_text, check_writable
-    from inag.select import limit_overrides
 
     if json_out is not None:
         check_writable(json_out, "the baseline JSON")
@@ -108,15 +108,7 @@ def baseline(
     if budget_minutes is not None and budget_minutes <= 0:
         raise CliError(f"--budget-minutes: must be > 0, found {budget_minutes}")
     plat = load_platform(platform)
-    overrides = limit_overrides(
-        max_storage=max_storage,
-        max_energy=max_energy,
-        max_storage_kb=max_storage_kb,
-        max_energy_uj=max_energy_uj,
-        max_latency_ms=max_latency_ms,
-        max_flash_kb=max_flash_kb,
-        max_sram_kb=max_sram_kb,
-    )
+    overrides = limit_options(locals())
     for name, v in overrides.items():
         if not v > 0:
             raise CliError(f"limits must be > 0, found {name}={v}")

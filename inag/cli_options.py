@@ -5,7 +5,7 @@ same way everywhere."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +28,15 @@ def _limit_option(option: str) -> Any:
     raise KeyError(option)
 
 
-# select and baseline list these parameters by name (a test checks they cover OPTIONS)
+def limit_options(params: Mapping[str, Any]) -> dict[str, float]:
+    """The limit overrides among a command's parameters (pass ``locals()``): every option of
+    ``hwmodels.quantities.OPTIONS`` that was given, scaled to its limit."""
+    from hwmodels.quantities import OPTIONS, overrides
+
+    return overrides(**{name: params[name] for name in OPTIONS if name in params})
+
+
+# select, baseline and sweep list these parameters by name (a test checks they cover OPTIONS)
 MaxStorage = _limit_option("max_storage")
 MaxEnergy = _limit_option("max_energy")
 MaxStorageKb = _limit_option("max_storage_kb")

@@ -23,6 +23,7 @@ from inag.cli_options import (
     MaxSramKb,
     MaxStorage,
     MaxStorageKb,
+    limit_options,
 )
 
 
@@ -69,7 +70,7 @@ def sweep(
     against normalized storage and energy with the Pareto frontier, against random sampling
     of the space at the same candidate count."""
     from inag.safe_io import check_writable_dir
-    from inag.select import RANK_KEYS, limit_overrides
+    from inag.select import RANK_KEYS
     from inag.sweep import SweepError, conditions
 
     try:
@@ -87,15 +88,7 @@ def sweep(
     if seed < 0:
         raise CliError(f"--seed must be >= 0, found {seed}")
     check_writable_dir(out, "the sweep results")
-    overrides = limit_overrides(
-        max_storage=max_storage,
-        max_energy=max_energy,
-        max_storage_kb=max_storage_kb,
-        max_energy_uj=max_energy_uj,
-        max_latency_ms=max_latency_ms,
-        max_flash_kb=max_flash_kb,
-        max_sram_kb=max_sram_kb,
-    )
+    overrides = limit_options(locals())
     _run(out, model, platform, conds, n, real, threshold, rank_by, overrides, seed, step)
 
 
