@@ -59,7 +59,7 @@ def main() -> None:
     if code:
         sys.exit(code)
     plat = load_platform(args.platform)
-    from inag.cli_measure import _archs_to_measure, _device_identity, _seconds
+    from inag.cli.measure import _archs_to_measure, _device_identity, _seconds
 
     plan, _ = _archs_to_measure(
         None, args.space, args.n, args.seed,

@@ -27,7 +27,7 @@ import torch
 
 from inag.space import load_space
 from inag.tasks import load_task
-from inag.trainer import BatchedMLPTrainer, TrainerConfig
+from inag.train.trainer import BatchedMLPTrainer, TrainerConfig
 
 
 def parse_recipe(text: str) -> TrainerConfig:

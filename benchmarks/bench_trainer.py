@@ -43,7 +43,7 @@ import torch
 from inag.dataset import LocalBackend, build_dataset
 from inag.space import load_space
 from inag.tasks import load_task
-from inag.trainer import BatchedMLPTrainer, TrainerConfig, _net_macs, _widths, train_single
+from inag.train.trainer import BatchedMLPTrainer, TrainerConfig, _net_macs, _widths, train_single
 
 
 def sgemm_gflops(repeats: int = 7, size: int = 1024) -> list[float]:

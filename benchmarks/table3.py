@@ -43,11 +43,17 @@ from pathlib import Path
 from typing import Any
 
 from inag.arch import ArchSpec
-from inag.baselines import BaselineResult, TrainEvaluator, search, single_threaded, train_evaluator
 from inag.dataset import DatasetStore
 from inag.nagan import Nagan, load_model
 from inag.platform import load_platform
 from inag.select import limit_overrides, select, verify
+from inag.select.baselines import (
+    BaselineResult,
+    TrainEvaluator,
+    search,
+    single_threaded,
+    train_evaluator,
+)
 
 TARGET_POINTS = 1.0  # the target: INAG within 1 point of the best baseline
 

@@ -38,7 +38,7 @@ from inag.arch import ArchError, ArchSpec
 from inag.ir import compute_nodes, lower
 from inag.ir.ops import get_op
 
-NET_FORMAT = "inag-qat-net-v1"  # written by inag.trainer.train_final (same string)
+NET_FORMAT = "inag-qat-net-v1"  # written by inag.train.trainer.train_final (same string)
 INPUT_QMAX = 127  # network input codes are clamped to [-127, 127] (symmetric int8)
 INT32_MAX = 2**31 - 1
 

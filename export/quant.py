@@ -1,6 +1,6 @@
 """The one integer-only quantization scheme (Jacob et al. 2017), used by training and export.
 
-Quantization-aware training (``inag.trainer``) fakes exactly these rules in float, and the
+Quantization-aware training (``inag.train.trainer``) fakes exactly these rules in float, and the
 exporters (numpy reference, ONNX, TVM, C) implement them in integers, so a trained network
 converts without changing its function.
 

@@ -376,7 +376,7 @@ def train_chunk(payload: dict[str, Any]) -> list[Row]:
     import torch
 
     from inag.tasks import load_task
-    from inag.trainer import BatchedMLPTrainer, TrainerConfig
+    from inag.train.trainer import BatchedMLPTrainer, TrainerConfig
 
     torch.set_num_threads(1)
     task = load_task(payload["task"], seed=payload["data_seed"])
@@ -690,7 +690,7 @@ def build_dataset(
 ) -> dict[str, int]:
     """Sample ``n`` distinct architectures and train those not yet in ``db``.
 
-    ``engine`` is the trainer engine (``inag.trainer.ENGINES``), resolved here once so every
+    ``engine`` is the trainer engine (``inag.train.trainer.ENGINES``), resolved here once so every
     worker uses the same one; each row records it with the library versions.
 
     Holds ``db``'s advisory lock throughout (:func:`sampler_lock`). In the main thread,
@@ -698,7 +698,7 @@ def build_dataset(
     :class:`SamplingInterrupted` is raised.
     """
     from inag.tasks import load_task
-    from inag.trainer import resolve_engine
+    from inag.train.trainer import resolve_engine
 
     try:
         engine = resolve_engine(engine)

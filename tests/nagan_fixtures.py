@@ -76,7 +76,7 @@ def _build_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
     from inag.dataset import DatasetStore, LocalBackend, build_dataset
     from inag.space import load_space
     from inag.tasks import load_task
-    from inag.trainer import TrainerConfig
+    from inag.train.trainer import TrainerConfig
 
     db = tmp_path_factory.mktemp("nagan_data") / "data_a.sqlite"
     with torch_threads(1):

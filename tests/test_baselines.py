@@ -24,7 +24,10 @@ from nagan_fixtures import (  # noqa: F401 - pytest fixtures
 
 from hwmodels import PlatformCoster
 from inag.arch import ArchSpec
-from inag.baselines import (
+from inag.cli import main
+from inag.nagan import Nagan
+from inag.platform import Platform, load_platform
+from inag.select.baselines import (
     BaselineError,
     BaselineResult,
     EncoderEvaluator,
@@ -32,9 +35,6 @@ from inag.baselines import (
     search,
     train_evaluator,
 )
-from inag.cli import main
-from inag.nagan import Nagan
-from inag.platform import Platform, load_platform
 from inag.space import SearchSpace, largest_for
 
 pytest.importorskip("optuna")
@@ -233,7 +233,7 @@ def test_real_training_matches_a_fresh_retraining(tiny_dataset: Any, bitfusion: 
     ev = train_evaluator("data_a", dataset=str(tiny_dataset.db))
     assert isinstance(ev, TrainEvaluator)
     assert ev.config.epochs == tiny_dataset.meta["trainer"]["epochs"]
-    from inag.baselines import space_for_task
+    from inag.select.baselines import space_for_task
 
     space = space_for_task(ev.task)
     res = search(space, bitfusion, ev, "ga", TABLE3, budget_evals=8, seed=0, batch_size=8)
@@ -275,7 +275,7 @@ def test_cli_encoder_baseline_json(
     assert data["selected"][0]["arch"] == best["arch"]
     assert len(data["history"]) == data["trials"]
     assert_feasible_dict(best, load_platform("bitfusion"))
-    from inag.cli_export import read_arch  # `inag export ga.json#1` reads the same record
+    from inag.cli.export import read_arch  # `inag export ga.json#1` reads the same record
 
     assert read_arch(f"{out_json}#1") == ArchSpec.from_dict(best["arch"])
 

@@ -113,7 +113,7 @@ def test_bad_input_is_a_one_paragraph_error(
 
 def test_export_reader_names_its_own_forms(tmp_path: Path) -> None:
     from export.errors import ExportError
-    from inag.cli_export import read_arch
+    from inag.cli.export import read_arch
 
     with pytest.raises(ExportError, match="or SELECT.json#RANK"):
         read_arch(str(tmp_path / "nope.json"))

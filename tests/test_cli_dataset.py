@@ -118,7 +118,7 @@ def test_bad_backend_exits_2(tmp_path, capsys):
 def test_engine_is_recorded_and_either_resumes(tmp_path, capsys):
     """Rows record the trainer engine that ran; the engine is not part of the trainer
     hash, so a build begun with one engine resumes with the other."""
-    from inag import kernels
+    from inag.train import kernels
 
     db = tmp_path / "e.sqlite"
     assert main(sample_args(db, 3, "--engine", "torch")) == 0

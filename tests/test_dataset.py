@@ -29,7 +29,7 @@ from inag.dataset import (
     build_dataset,
 )
 from inag.space import load_space
-from inag.trainer import TrainerConfig
+from inag.train.trainer import TrainerConfig
 
 TINY = TrainerConfig(epochs=2, restarts=1)
 N, CHUNK, SEED = 40, 8, 0

@@ -28,7 +28,7 @@ def cnn() -> ArchSpec:
 
 
 def float_net(arch: ArchSpec, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors and metadata shaped like inag.trainer.train_final's output."""
+    """Tensors and metadata shaped like inag.train.trainer.train_final's output."""
     rng = np.random.default_rng(seed)
     tensors = {}
     for i, sh in enumerate(unit_shapes(arch)):
@@ -49,7 +49,7 @@ def float_net(arch: ArchSpec, seed: int = 0) -> tuple[dict[str, np.ndarray], dic
 
 
 def test_net_format_matches_the_trainer():
-    trainer = pytest.importorskip("inag.trainer")
+    trainer = pytest.importorskip("inag.train.trainer")
     assert trainer.NET_FORMAT == NET_FORMAT
 
 

@@ -12,7 +12,7 @@ from export import reference  # noqa: E402
 from export.qnet import QuantizedNet, save_net_file  # noqa: E402
 from inag.arch import ArchSpec, LayerSpec  # noqa: E402
 from inag.tasks import load_task, performance  # noqa: E402
-from inag.trainer import TrainerConfig, train_final  # noqa: E402
+from inag.train.trainer import TrainerConfig, train_final  # noqa: E402
 
 CASES = {
     # Data_a regression, mixed low bits
@@ -63,7 +63,7 @@ def _qat_forward(tensors, meta, arch, x):
     import torch
 
     from export import quant
-    from inag.trainer import PlainQATMLP
+    from inag.train.trainer import PlainQATMLP
 
     s_x = float(meta["input_scale"])
     model = PlainQATMLP(arch, s_x, 0, 0.9)

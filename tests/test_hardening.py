@@ -244,7 +244,7 @@ def test_selection_json_for_export_is_read_safely(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from export.errors import ExportError
-    from inag.cli_export import read_arch
+    from inag.cli.export import read_arch
 
     for name, data, needle in (
         ("utf16.json", json.dumps({"selected": []}).encode("utf-16"), "UTF-16"),
@@ -901,7 +901,7 @@ def built_kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("kcache")
     env = {k: v for k, v in os.environ.items() if k != "INAG_CACHE_DIR"}
     subprocess.run(
-        [sys.executable, "-c", "from inag import kernels; kernels.library_path()"],
+        [sys.executable, "-c", "from inag.train import kernels; kernels.library_path()"],
         env={**env, "INAG_CACHE_DIR": str(root)},
         check=False,
         timeout=120,
@@ -919,7 +919,7 @@ def kernel_cache(
     import hashlib
     import shutil
 
-    from inag import kernels
+    from inag.train import kernels
 
     if not kernels.available() or not any(built_kernel_cache.rglob("*.so")):
         pytest.skip("no C compiler here")

@@ -30,7 +30,7 @@ from inag.arch import ArchSpec
 from inag.nagan import ModelError, Nagan
 from inag.space import load_space
 from inag.tasks import load_task
-from inag.trainer import BatchedMLPTrainer, TrainerConfig
+from inag.train.trainer import BatchedMLPTrainer, TrainerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -320,7 +320,7 @@ def test_fit_refuses_too_little_or_flat_data(tiny_dataset) -> None:
 
 # ---------------------------------------------------------------------------- evaluation
 def test_evaluate_and_report(tiny_model: Nagan, tiny_dataset, tmp_path: Path) -> None:
-    from inag.evaluate import evaluate, write_report
+    from inag.nagan.evaluate import evaluate, write_report
 
     seen: dict[str, tuple[int, int]] = {}
     rep = evaluate(

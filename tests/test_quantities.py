@@ -9,7 +9,8 @@ import pytest
 
 from hwmodels import quantities
 from hwmodels.costing import LIMITS
-from inag import cli, cli_baseline
+from inag import cli
+from inag.cli import baseline as cli_baseline
 from inag.platform import ROLES, Constraints
 from inag.select import build_stages, limit_overrides
 

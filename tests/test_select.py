@@ -313,7 +313,7 @@ def test_verify_reranks_the_top_k_by_real_training(tiny_model: Nagan) -> None:
 
     from inag.select import verify
     from inag.tasks import load_task
-    from inag.trainer import BatchedMLPTrainer, TrainerConfig
+    from inag.train.trainer import BatchedMLPTrainer, TrainerConfig
 
     plat = load_platform(BUNDLED)
     (sel,), _ = select(tiny_model, [plat], 0.8, n=N, strict=False)

@@ -16,7 +16,7 @@ from inag.cli import main
 from inag.nagan import load_model
 from inag.platform import load_platform
 from inag.select import select
-from inag.sweep import (
+from inag.select.sweep import (
     CSV_COLUMNS,
     FILES,
     SweepError,

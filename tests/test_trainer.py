@@ -1,4 +1,4 @@
-"""Tests for the quantization rules (export.quant) and the QAT trainers (inag.trainer).
+"""Tests for the quantization rules (export.quant) and the QAT trainers (inag.train.trainer).
 
 The batched trainer is checked against ``train_single`` -- ordinary PyTorch autograd and
 ``torch.optim.Adam`` on one net -- which is the independent reference: same scheme, same
@@ -19,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from export import quant
-from inag import kernels
 from inag.arch import ArchSpec, LayerSpec
 from inag.space import load_space
 from inag.tasks import load_task
-from inag.trainer import (
+from inag.train import kernels
+from inag.train.trainer import (
     BatchedMLPTrainer,
     TrainerConfig,
     _affine,

@@ -3,7 +3,7 @@
 The dataset builder trains thousands of small MLPs, where PyTorch's per-op overhead would
 dominate one-at-a-time training. ``BatchedMLPTrainer`` has two engines with the same rules:
 
-- ``"c"`` (the default where a C compiler exists): ``inag/kernels/qat_mlp.c`` trains each
+- ``"c"`` (the default where a C compiler exists): ``inag/train/kernels/qat_mlp.c`` trains each
   net alone in one fused call -- register-blocked matmul kernels, the elementwise work done
   on data still in cache, no per-op dispatch -- and runs one net per thread. A net's result
   cannot depend on its companions, its chunk or the thread count.
@@ -467,11 +467,11 @@ def resolve_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise ValueError(f"unknown trainer engine {engine!r}; available: {', '.join(ENGINES)}")
     if engine == "auto":
-        from inag import kernels
+        from inag.train import kernels
 
         return "c" if kernels.available() else "torch"
     if engine == "c":
-        from inag import kernels
+        from inag.train import kernels
 
         kernels.qat_library()  # raises KernelUnavailable with the compiler's message
     return engine
@@ -596,7 +596,7 @@ class BatchedMLPTrainer:
         """Each run trained alone by the fused C kernel, ``self.threads`` runs at a time."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from inag import kernels
+        from inag.train import kernels
 
         lib = kernels.qat_library()
         cfg, task = self.config, self.task

@@ -1,6 +1,6 @@
 """CLI commands of the deployment path: ``inag train-net`` and ``inag export``.
 
-Kept out of ``inag/cli.py`` (which registers them through :func:`register`) so the export
+Kept out of ``inag/cli/__init__.py`` (which registers them through :func:`register`) so the export
 toolchain can evolve on its own. Heavy packages (torch, onnx, TVM) load inside the commands.
 Known failures are raised as ``export.errors.ExportError``, which the CLI turns into one
 paragraph on stderr and exit code 2.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inag.cli_options import read_arch_source
+from inag.cli.options import read_arch_source
 
 if TYPE_CHECKING:
     from export.qnet import QuantizedNet
@@ -99,7 +99,7 @@ def train_net(
     from export import reference
     from export.qnet import QuantizedNet, save_net_file
     from inag.tasks import load_task, performance
-    from inag.trainer import TrainerConfig, train_final
+    from inag.train.trainer import TrainerConfig, train_final
 
     if arch.kind != "mlp":
         raise _err(
@@ -238,9 +238,7 @@ def register(app: typer.Typer) -> None:
 
         targets = available_targets()
         if target not in targets:
-            raise _err(
-                f"--target: {target!r} is not a target; choose one of {', '.join(targets)}"
-            )
+            raise _err(f"--target: {target!r} is not a target; choose one of {', '.join(targets)}")
         if net is not None and _SELECT_RE.match(net) and arch is None:
             arch, net = net, None
         if (net is None) == (arch is None):

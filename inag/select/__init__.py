@@ -339,7 +339,7 @@ def verify(
     platforms. ``progress(done, total)`` comes from the trainer.
     """
     from inag.tasks import load_task
-    from inag.trainer import BatchedMLPTrainer, TrainerConfig
+    from inag.train.trainer import BatchedMLPTrainer, TrainerConfig
 
     if k < 1:
         raise ValueError(f"verify needs k >= 1, found {k}")

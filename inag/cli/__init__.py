@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inag.cli_options import (
+from inag.cli.options import (
     CliError,
     MaxEnergy,
     MaxEnergyUj,
@@ -545,9 +545,7 @@ def _task_forms() -> list[str]:
 def sample(
     task: Annotated[
         str,
-        typer.Option(
-            help=f"Task: {', '.join(_task_forms())}."
-        ),
+        typer.Option(help=f"Task: {', '.join(_task_forms())}."),
     ] = "data_a",
     space: Annotated[str, typer.Option(help="Search space (mlp or a YAML path).")] = "mlp",
     n: Annotated[
@@ -628,7 +626,7 @@ def sample(
         build_dataset,
     )
     from inag.space import load_space
-    from inag.trainer import TrainerConfig
+    from inag.train.trainer import TrainerConfig
 
     try:
         trainer = TrainerConfig(
@@ -968,11 +966,11 @@ def evaluate(
     import numpy as np
 
     from inag.dataset import DatasetStore
-    from inag.evaluate import evaluate as run_eval
-    from inag.evaluate import noise_floor, write_report
     from inag.nagan import fit_nagan
+    from inag.nagan.evaluate import evaluate as run_eval
+    from inag.nagan.evaluate import noise_floor, write_report
     from inag.safe_io import check_writable_dir
-    from inag.trainer import TrainerConfig
+    from inag.train.trainer import TrainerConfig
 
     check_writable_dir(out, "the evaluation report")
     sizes_list = _int_list_option(train_sizes, "--train-sizes") if train_sizes else []
@@ -1459,7 +1457,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ("inag.dataset", "DatasetError"),
         ("inag.nagan", "ModelError"),
         ("export.errors", "ExportError"),
-        ("inag.baselines", "BaselineError"),
+        ("inag.select.baselines", "BaselineError"),
         ("inag.select", "SelectionError"),
     ):
         module = sys.modules.get(mod)
@@ -1501,7 +1499,7 @@ def _register_extensions() -> None:
     """Command groups that live in their own CLI modules (still CLI code: they may print)."""
     import importlib
 
-    for name in ("inag.cli_export", "inag.cli_baseline", "inag.cli_measure", "inag.cli_sweep"):
+    for name in ("inag.cli.export", "inag.cli.baseline", "inag.cli.measure", "inag.cli.sweep"):
         try:
             importlib.import_module(name).register(app)
         except ModuleNotFoundError as exc:

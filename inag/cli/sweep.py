@@ -1,8 +1,8 @@
 """``inag sweep``: the paper's Fig. 4b, a Pareto sweep over the condition.
 
-Kept out of ``inag/cli.py``, which registers it through :func:`register`. The work is in
-:mod:`inag.sweep` (no printing there); this module checks the input, shows the progress and
-prints the summary. Bad input raises :class:`inag.cli_options.CliError`: one paragraph on
+Kept out of ``inag/cli/__init__.py``, which registers it through :func:`register`. The work is in
+:mod:`inag.select.sweep` (no printing there); this module checks the input, shows the progress and
+prints the summary. Bad input raises :class:`inag.cli.options.CliError`: one paragraph on
 stderr, exit code 2.
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from inag.cli_options import (
+from inag.cli.options import (
     CliError,
     MaxEnergy,
     MaxEnergyUj,
@@ -71,7 +71,7 @@ def sweep(
     of the space at the same candidate count."""
     from inag.safe_io import check_writable_dir
     from inag.select import RANK_KEYS
-    from inag.sweep import SweepError, conditions
+    from inag.select.sweep import SweepError, conditions
 
     try:
         conds = conditions(start, stop, step)
@@ -110,7 +110,7 @@ def _run(
     from inag.cli import BAG_BYTES_PER_ARCH, MAX_BAG, _console, _human_bytes, _load_model
     from inag.platform import load_platform
     from inag.select import SelectionError
-    from inag.sweep import SweepError, run_sweep, write_outputs
+    from inag.select.sweep import SweepError, run_sweep, write_outputs
 
     if n * len(conds) > MAX_BAG:
         raise CliError(

@@ -1,8 +1,8 @@
 """``inag baseline``: the paper's GA / Bayesian-optimization baselines (section 5.2, Table 3).
 
-Kept out of ``inag/cli.py``, which registers it through :func:`register`. Heavy packages
+Kept out of ``inag/cli/__init__.py``, which registers it through :func:`register`. Heavy packages
 (torch, Optuna) load inside the command. Bad input and a search that finds nothing within the
-limits raise :class:`inag.cli_options.CliError`: one paragraph on stderr, exit code 2. (No
+limits raise :class:`inag.cli.options.CliError`: one paragraph on stderr, exit code 2. (No
 ``click`` import: typer >= 0.29 vendors its own click and no longer installs the real one.)
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inag.cli_options import (
+from inag.cli.options import (
     CliError,
     MaxEnergy,
     MaxEnergyUj,
@@ -28,7 +28,7 @@ from inag.cli_options import (
 )
 
 if TYPE_CHECKING:
-    from inag.baselines import BaselineResult, Evaluator
+    from inag.select.baselines import BaselineResult, Evaluator
 
 
 def register(app: typer.Typer) -> None:
@@ -93,9 +93,9 @@ def baseline(
     Every trial is costed by the platform's hardware models; only feasible ones are evaluated
     (trained, or estimated by the encoder). Prints the best feasible net and the search time.
     """
-    from inag.baselines import EVALUATORS, METHODS, BaselineError, search
     from inag.platform import load_platform
     from inag.safe_io import atomic_write_text, check_writable
+    from inag.select.baselines import EVALUATORS, METHODS, BaselineError, search
 
     if json_out is not None:
         check_writable(json_out, "the baseline JSON")
@@ -183,8 +183,13 @@ def _evaluator(
     """The evaluator, the search space it scores, and the task name; checks they agree."""
     import dataclasses
 
-    from inag.baselines import EncoderEvaluator, dataset_meta, space_for_task, train_evaluator
-    from inag.trainer import TrainerConfig
+    from inag.select.baselines import (
+        EncoderEvaluator,
+        dataset_meta,
+        space_for_task,
+        train_evaluator,
+    )
+    from inag.train.trainer import TrainerConfig
 
     meta = dataset_meta(str(db)) if db is not None else None
     model = None

@@ -27,9 +27,9 @@ Infeasible trials are costed by the hardware models (microseconds) but never tra
 report the lowest possible performance, 0 (R² is clipped to [0, 1], accuracy lies in it), and
 their constraint values, so the samplers learn where the boundary is without paying for a
 training. Trials are asked one at a time and the feasible, not-yet-seen architectures are
-trained together in batches (:class:`inag.trainer.BatchedMLPTrainer`); an architecture already
-evaluated is answered from a cache, because different parameter vectors (unused slots) can
-decode to the same network and training it again would only cost time.
+trained together in batches (:class:`inag.train.trainer.BatchedMLPTrainer`); an architecture
+already evaluated is answered from a cache, because different parameter vectors (unused slots)
+can decode to the same network and training it again would only cost time.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from hwmodels import PlatformCoster
     from inag.nagan import Nagan
     from inag.tasks import TaskData
-    from inag.trainer import TrainerConfig
+    from inag.train.trainer import TrainerConfig
 
 METHODS = ("ga", "bo", "tpe")
 EVALUATORS = ("train", "encoder")
@@ -93,7 +93,7 @@ class TrainEvaluator:
     name: str = "train"
 
     def __call__(self, archs: Sequence[ArchSpec]) -> list[float]:
-        from inag.trainer import BatchedMLPTrainer
+        from inag.train.trainer import BatchedMLPTrainer
 
         if not archs:
             return []
@@ -125,7 +125,7 @@ def train_evaluator(
     configuration are used, so a baseline's numbers are on the same footing as the dataset's
     labels — and as INAG's retrained picks."""
     from inag.tasks import load_task
-    from inag.trainer import TrainerConfig
+    from inag.train.trainer import TrainerConfig
 
     if dataset is not None:
         meta = dataset_meta(dataset)

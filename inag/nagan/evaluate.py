@@ -22,7 +22,7 @@ from inag.arch import ArchSpec
 from inag.nagan import Nagan
 from inag.safe_io import atomic_open, atomic_write_text
 from inag.tasks import load_task
-from inag.trainer import BatchedMLPTrainer, TrainerConfig
+from inag.train.trainer import BatchedMLPTrainer, TrainerConfig
 
 CONDITIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 

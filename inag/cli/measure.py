@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inag.cli_options import CliError
+from inag.cli.options import CliError
 
 if TYPE_CHECKING:
     from inag.arch import ArchSpec
@@ -77,7 +77,7 @@ def _archs_to_measure(
     input_shape: str | None,
     output_size: int | None,
 ) -> tuple[list[ArchSpec], str]:
-    from inag.cli_export import read_arch
+    from inag.cli.export import read_arch
 
     if source is not None and space is not None:
         raise CliError("give either SOURCE (an export dir or SELECT.json#RANK) or --space")
@@ -278,7 +278,6 @@ def _measure_one(
         "extra": {k: r[k] for k in keep if k in r},
         "versions": {k: str(v) for k, v in (r.get("versions") or {}).items()},
     }
-
 
 
 def _seconds(row: MeasurementRow, clock_hz: float) -> float:

@@ -1,0 +1,7 @@
+"""``python -m inag.cli ...``: the same as the ``inag`` command."""
+
+import sys
+
+from inag.cli import main
+
+sys.exit(main())
