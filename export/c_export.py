@@ -605,12 +605,19 @@ const void *const vector_table[16] = {
 """
 
 
-def firmware_linker(flash_bytes: int, ram_bytes: int) -> str:
-    return f"""/* Size build: flash at 0x0, RAM at 0x20000000, sizes from the platform. */
+def firmware_linker(
+    flash_bytes: int,
+    ram_bytes: int,
+    flash_origin: int = 0x0,
+    ram_origin: int = 0x20000000,
+    title: str = "Size build: flash at 0x0, RAM at 0x20000000, sizes from the platform.",
+) -> str:
+    """A Cortex-M linker script: .data copied from flash to RAM, stack at the top of RAM."""
+    return f"""/* {title} */
 MEMORY
 {{
-  FLASH (rx) : ORIGIN = 0x00000000, LENGTH = {flash_bytes}
-  RAM (rwx) : ORIGIN = 0x20000000, LENGTH = {ram_bytes}
+  FLASH (rx) : ORIGIN = {flash_origin:#010x}, LENGTH = {flash_bytes}
+  RAM (rwx) : ORIGIN = {ram_origin:#010x}, LENGTH = {ram_bytes}
 }}
 ENTRY(Reset_Handler)
 SECTIONS

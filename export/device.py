@@ -407,25 +407,13 @@ int main(void)
 
 
 def firmware_linker(board: Board) -> str:
-    return f"""/* inag measurement firmware for {board.name}: memories from export.device.Board */
-MEMORY
-{{
-  FLASH (rx) : ORIGIN = {board.flash_origin:#010x}, LENGTH = {board.flash_bytes}
-  RAM (rwx) : ORIGIN = {board.ram_origin:#010x}, LENGTH = {board.ram_bytes}
-}}
-ENTRY(Reset_Handler)
-SECTIONS
-{{
-  .isr_vector : {{ KEEP(*(.isr_vector)) }} > FLASH
-  .text : {{ *(.text*) }} > FLASH
-  .rodata : {{ *(.rodata*) . = ALIGN(4); }} > FLASH
-  _sidata = LOADADDR(.data);
-  .data : {{ _sdata = .; *(.data*) . = ALIGN(4); _edata = .; }} > RAM AT > FLASH
-  .bss (NOLOAD) : {{ _sbss = .; *(.bss*) *(COMMON) . = ALIGN(4); _ebss = .; }} > RAM
-  _estack = ORIGIN(RAM) + LENGTH(RAM);
-  /DISCARD/ : {{ *(.ARM.exidx*) *(.ARM.extab*) }}
-}}
-"""
+    return c_export.firmware_linker(
+        board.flash_bytes,
+        board.ram_bytes,
+        board.flash_origin,
+        board.ram_origin,
+        f"inag measurement firmware for {board.name}: memories from export.device.Board",
+    )
 
 
 CALIB_ITERS = 50_000
