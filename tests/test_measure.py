@@ -188,7 +188,7 @@ def test_calibration_lowers_the_held_out_error_on_real_measurements(tmp_path):
               [r.median for r in rows], max_fit=6)  # fmt: skip
     before = np.median(np.abs(res.rel_err(after=False)))
     after = np.median(np.abs(res.rel_err()))
-    assert after < before and after < 0.3, (before, after)
+    assert after < before / 2, (before, after)  # host C timings are noisy: a loose bound
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (apt-get install gcc)")
