@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hwmodels.plausible import RANGES  # noqa: E402 - re-exported
+from hwmodels.plausible import RANGES
 from hwmodels.registry import build_models
 from hwmodels.testing import ConformanceError, check_conformance
 from inag.platform import Platform

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from inag.cli.options import CliError
+from inag.safe_io import check_writable
 
 if TYPE_CHECKING:
     from inag.arch import ArchSpec
@@ -48,13 +49,6 @@ def _console() -> Any:
     if not con.is_terminal:
         con.width = max(con.width, 140)
     return con
-
-
-def _check_writable(path: Path, what: str) -> None:
-    """Before long work: the output can be written (never lose a run to a bad path)."""
-    from inag.safe_io import check_writable
-
-    check_writable(path, what)
 
 
 # ---------------------------------------------------------------------------- measure run
@@ -170,7 +164,7 @@ def measure_run(
     if rt == "serial" and not device:
         raise CliError("--runtime serial needs --device (a serial port or socket://HOST:PORT)")
     archs, what = _archs_to_measure(source, space, n, seed, input_shape, output_size)
-    _check_writable(db, "--db")
+    check_writable(db, "--db")
     warm = plat.measure.warmup if warmup is None else warmup
     reps = plat.measure.repeats if repeats is None else repeats
     dev_id = _device_identity(rt, device)
@@ -398,7 +392,7 @@ def measure_export(
     """Every matching row as CSV (samples and arch as JSON columns)."""
     from inag.measurements import MeasurementStore
 
-    _check_writable(csv_out, "--csv")
+    check_writable(csv_out, "--csv")
     rows = _select_rows(db, _platform_name(platform), device, runtime, None)
     with MeasurementStore(db, create=False) as store:
         text = store.to_csv(rows)
@@ -445,9 +439,9 @@ def calibrate(
     if role not in ROLE_UNITS:
         raise CliError(f"--role: {role!r} is not one of {', '.join(ROLE_UNITS)}")
     plat = load_platform(platform)
-    _check_writable(out, "--out")
+    check_writable(out, "--out")
     png = plot if plot is not None else out.with_suffix(".png")
-    _check_writable(png, "--plot")
+    check_writable(png, "--plot")
     rows = _select_rows(db, plat.name, device, runtime, 1)
     if not rows:
         raise CliError(
