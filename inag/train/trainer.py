@@ -24,6 +24,7 @@ The quantization rules are those of ``export.quant`` (Jacob et al. 2017), faked 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -170,6 +171,97 @@ def _loss_per_net(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor
     k, n, c = out.shape
     ce = nn.functional.cross_entropy(out.reshape(k * n, c), y.repeat(k), reduction="none")
     return ce.view(k, n).mean(dim=1)
+
+
+# ---------------------------------------------------------------------------- CNN units
+@dataclass(frozen=True)
+class _Unit:
+    """One unit (the paper's layer i) of a net as every engine computes it.
+
+    Shapes come from ``export.qnet.unit_shapes`` (which reads the IR's op definitions), so the
+    trainer and the exporters cannot disagree about a padding, a stride or a pool.
+    """
+
+    spatial: bool  # a convolution over (C, H, W); else dense over the flattened input
+    in_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]  # conv (out, in, k, k); dense (in, out): the export layout
+    out: int  # output channels / width
+    conv_shape: tuple[int, ...]  # what the conv / matmul writes (before the pool)
+    out_shape: tuple[int, ...]  # what the unit writes (after the pool)
+    kernel: int
+    stride: int
+    pad: int
+    pool: int
+    bits: int
+    head: bool
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.weight_shape) // self.out
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one sample: every weight once per output position."""
+        positions = math.prod(self.conv_shape[1:]) if self.spatial else 1
+        return math.prod(self.weight_shape) * positions
+
+
+@functools.lru_cache(maxsize=4096)
+def _units(arch: ArchSpec) -> tuple[_Unit, ...]:
+    """The units of ``arch`` in order (hidden layers, then the head)."""
+    from export.qnet import unit_shapes
+    from inag.ir.ops import get_op
+
+    return tuple(
+        _Unit(
+            spatial=get_op(sh["kind"]).spatial,
+            in_shape=tuple(sh["in_shape"]),
+            weight_shape=tuple(sh["weight_shape"]),
+            out=int(sh["out"]),
+            conv_shape=tuple(sh["conv_shape"]),
+            out_shape=tuple(sh["out_shape"]),
+            kernel=int(sh["kernel"]),
+            stride=int(sh["stride"]),
+            pad=int(sh["pad"]),
+            pool=int(sh["pool"]),
+            bits=int(sh["bits"]),
+            head=bool(sh["head"]),
+        )
+        for sh in unit_shapes(arch)
+    )
+
+
+def arch_macs(arch: ArchSpec) -> int:
+    """Multiply-accumulates of one sample through ``arch`` (MLP or CNN, true shapes)."""
+    if arch.kind == "mlp":
+        return _net_macs(_widths(arch))
+    return sum(u.macs for u in _units(arch))
+
+
+def init_unit_np(gen: torch.Generator, u: _Unit) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's default init of the unit's layer (nn.Conv2d / nn.Linear alike):
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights, then biases, from ``gen``'s stream, in the
+    export layout. For a dense unit it is :func:`init_dense_np`, number for number."""
+    bound = np.float32(1.0 / math.sqrt(u.fan_in))
+    one, two = np.float32(1), np.float32(2)
+    w = torch.rand(*u.weight_shape, generator=gen).numpy()
+    b = torch.rand(u.out, generator=gen).numpy()
+    return (w * two - one) * bound, (b * two - one) * bound
+
+
+def check_input(arch: ArchSpec, task: TaskData) -> None:
+    """Refuse an arch whose input does not match the task's, naming both shapes.
+
+    A CNN reads the task's samples reshaped to its (C, H, W): a task that gives the same
+    number of values in another shape (a flat 64-vector for 1x8x8) is accepted, anything else
+    is an error (a CNN bound to data_a, a 3-channel space on 1-channel images)."""
+    n_arch, n_task = math.prod(arch.input_shape), math.prod(task.input_shape)
+    if n_arch != n_task:
+        shape = "x".join(map(str, arch.input_shape))
+        raise ValueError(
+            f"{arch.summary()} ({arch.kind}) reads inputs of shape {shape} ({n_arch} values); "
+            f"task {task.name!r} gives {'x'.join(map(str, task.input_shape))} ({n_task} values)"
+        )
 
 
 # ---------------------------------------------------------------------------- batched
@@ -955,6 +1047,86 @@ class PlainQATMLP(nn.Module):
         return super().train(mode)
 
 
+class PlainQATCNN(nn.Module):
+    """One quantized CNN as ordinary PyTorch: the reference both CNN engines must match.
+
+    The recipe is :class:`PlainQATMLP`'s, unit by unit: per-tensor symmetric fake-quantized
+    weights, biases at ``s_in * s_w``, the output range an EMA of the batch max of the
+    conv/matmul output (before the pool, where the integer model requantizes), activations
+    fake-quantized to 0..2^b - 1 (ReLU folded in), then the floor 2x2 (``pool``) max-pool --
+    exact in integers because max commutes with monotone quantization. Weights are kept in
+    the export layout: conv ``(out, in, k, k)``, dense ``(in, out)``; a feature map is
+    flattened channel-major before the first dense unit, as the exporters do.
+    """
+
+    def __init__(
+        self, arch: ArchSpec, s_x: float, seed: int, act_ema: float, init_key: str | None = None
+    ):
+        super().__init__()
+        self.units = _units(arch)
+        self.input_shape = tuple(arch.input_shape)
+        gen = torch.Generator().manual_seed(net_seed(seed, init_key or arch.arch_id))
+        inits = [init_unit_np(gen, u) for u in self.units]
+        self.weights = nn.ParameterList([nn.Parameter(torch.from_numpy(w)) for w, _ in inits])
+        self.biases = nn.ParameterList([nn.Parameter(torch.from_numpy(b)) for _, b in inits])
+        self.bits = [u.bits for u in self.units]
+        self.s_x = s_x
+        self.momentum = act_ema
+        self.register_buffer("act_max", torch.zeros(len(inits)))
+        self.seen = False
+        self.quant_on = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s_in = torch.tensor(self.s_x)
+        x = x.reshape(len(x), *self.input_shape)
+        for i, (u, w, b) in enumerate(zip(self.units, self.weights, self.biases, strict=True)):
+            if self.quant_on:
+                qmax_w = torch.tensor(float(quant.weight_qmax(self.bits[i])))
+                wq, s_w = quant.fake_quant_weight(w, qmax_w, reduce_dims=tuple(range(w.dim())))
+                s_b = s_in * s_w.reshape(())
+                bq = quant.ste_round_half_up(b / s_b) * s_b
+            else:
+                wq, bq = w, b
+            if u.spatial:
+                z = nn.functional.conv2d(x, wq, bq, stride=u.stride, padding=u.pad)
+            else:
+                z = torch.addmm(bq, x.reshape(len(x), -1), wq)
+            if u.head:
+                return z
+            if self.training:
+                with torch.no_grad():
+                    m = z.detach().max().clamp_min(0)
+                    self.act_max[i] = (
+                        m
+                        if not self.seen
+                        else (self.momentum * self.act_max[i] + (1 - self.momentum) * m)
+                    )
+            if self.quant_on:
+                qmax_a = torch.tensor(float(quant.act_qmax(self.bits[i])))
+                s_a = self.act_max[i] / qmax_a if self.act_max[i] > 0 else torch.tensor(1.0)
+                x = quant.fake_quant_act(z, s_a, qmax_a)
+                s_in = s_a
+            else:
+                x = torch.relu(z)
+            if u.pool > 1:
+                x = nn.functional.max_pool2d(x, u.pool)
+        raise AssertionError("unreachable")
+
+    def train(self, mode: bool = True) -> PlainQATCNN:
+        if not mode and self.training:
+            self.seen = True
+        return super().train(mode)
+
+
+def plain_model(
+    arch: ArchSpec, s_x: float, seed: int, act_ema: float
+) -> PlainQATMLP | PlainQATCNN:
+    """The plain one-net model of ``arch``: :class:`PlainQATMLP` or :class:`PlainQATCNN`."""
+    if arch.kind == "mlp":
+        return PlainQATMLP(arch, s_x, seed, act_ema)
+    return PlainQATCNN(arch, s_x, seed, act_ema)
+
+
 class _Diverged(FloatingPointError):
     pass
 
@@ -964,14 +1136,15 @@ def _fit_plain(
     task: TaskData,
     config: TrainerConfig,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[PlainQATMLP, BatchedMLPTrainer, float, float]:
+) -> tuple[PlainQATMLP | PlainQATCNN, BatchedMLPTrainer, float, float]:
     """The plain loop: one net, ordinary PyTorch, same scheme, init, data order and optimizer.
 
     Returns the trained model, the helper holding the quantized inputs, the last epoch's mean
     loss and the test performance; raises :class:`_Diverged` on a non-finite loss.
     """
-    helper = BatchedMLPTrainer(task, config)  # shares the input quantization only
-    model = PlainQATMLP(arch, helper.s_x, config.seed, config.act_ema)
+    check_input(arch, task)
+    helper = BatchedMLPTrainer(task, config, engine="torch")  # the input quantization only
+    model = plain_model(arch, helper.s_x, config.seed, config.act_ema)
     opt = torch.optim.Adam(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=False
     )
