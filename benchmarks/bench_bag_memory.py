@@ -3,7 +3,8 @@ needs (constant: it streams) and writes per architecture.
 
 Runs each command in a child process at two bag sizes and prints the growth of its peak RSS
 per architecture between them (so imports and the model cancel out), for several conditions.
-These are the figures behind `inag.cli.BAG_BYTES_PER_ARCH` and `GENERATE_BYTES_PER_LINE`.
+These are the figures behind `inag.cli.common.BAG_BYTES_PER_ARCH` and
+`inag.cli.nagan.GENERATE_BYTES_PER_LINE`.
 
     python benchmarks/bench_bag_memory.py [--model data_a] [--small 20000] [--large 300000]
 """

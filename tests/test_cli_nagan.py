@@ -455,7 +455,7 @@ def test_select_with_an_artifact_from_a_tampered_file(
 
 
 def test_the_package_ships_data_a_and_digits_generators() -> None:
-    from inag.cli import default_model_path
+    from inag.cli.selection import default_model_path
     from inag.nagan import bundled_models, load_model
 
     assert set(bundled_models()) >= {"data_a", "digits"}

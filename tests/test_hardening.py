@@ -1078,9 +1078,9 @@ def test_generate_streams_the_same_bag(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import inag.cli
+    import inag.cli.nagan
 
-    monkeypatch.setattr(inag.cli, "GENERATE_CHUNK", chunk)
+    monkeypatch.setattr(inag.cli.nagan, "GENERATE_CHUNK", chunk)
     out = tmp_path / "bag.jsonl"
     code, _, err = run(capsys, "generate", "--model", model, "--condition", 0.7, "-n", n,
                        "--seed", 3, "--out", out)  # fmt: skip

@@ -9,8 +9,8 @@ import pytest
 
 from hwmodels import quantities
 from hwmodels.costing import LIMITS
-from inag import cli
 from inag.cli import baseline as cli_baseline
+from inag.cli import selection as cli_selection
 from inag.platform import ROLES, Constraints
 from inag.select import build_stages, limit_overrides
 
@@ -25,7 +25,7 @@ def test_everything_reads_the_one_table():
         assert q.quantity.startswith(q.role) and q.quantity.endswith(f"_{q.unit}")
 
 
-@pytest.mark.parametrize("command", [cli.select, cli_baseline.baseline])
+@pytest.mark.parametrize("command", [cli_selection.select, cli_baseline.baseline])
 def test_select_and_baseline_offer_every_limit_option(command):
     params = set(inspect.signature(command).parameters)
     assert set(quantities.OPTIONS) <= params, set(quantities.OPTIONS) - params

@@ -17,14 +17,8 @@ import typer
 
 from inag.cli.options import (
     CliError,
-    MaxEnergy,
-    MaxEnergyUj,
-    MaxFlashKb,
-    MaxLatencyMs,
-    MaxSramKb,
-    MaxStorage,
-    MaxStorageKb,
-    limit_options,
+    limit_overrides,
+    with_limit_options,
 )
 
 if TYPE_CHECKING:
@@ -36,6 +30,7 @@ def register(app: typer.Typer) -> None:
     app.command("baseline")(baseline)
 
 
+@with_limit_options
 def baseline(
     method: Annotated[
         str, typer.Option(help="ga (NSGA-II), bo (Gaussian-process BO) or tpe (Optuna TPE).")
@@ -47,13 +42,6 @@ def baseline(
     platform: Annotated[
         str, typer.Option("--platform", "-p", help="Platform YAML or bundled name.")
     ] = "bitfusion",
-    max_storage: MaxStorage = None,
-    max_energy: MaxEnergy = None,
-    max_storage_kb: MaxStorageKb = None,
-    max_energy_uj: MaxEnergyUj = None,
-    max_latency_ms: MaxLatencyMs = None,
-    max_flash_kb: MaxFlashKb = None,
-    max_sram_kb: MaxSramKb = None,
     budget_evals: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many evaluated architectures.")
     ] = None,
@@ -87,6 +75,7 @@ def baseline(
         Path | None,
         typer.Option("--json", help="Write the result (and history); `inag export` reads it."),
     ] = None,
+    **limits: float | None,
 ) -> None:
     """Constrained GA / BO search (Optuna) over the MLP space: the paper's Table 3 baselines.
 
@@ -108,7 +97,7 @@ def baseline(
     if budget_minutes is not None and budget_minutes <= 0:
         raise CliError(f"--budget-minutes: must be > 0, found {budget_minutes}")
     plat = load_platform(platform)
-    overrides = limit_options(locals())
+    overrides = limit_overrides(limits)
     for name, v in overrides.items():
         if not v > 0:
             raise CliError(f"limits must be > 0, found {name}={v}")

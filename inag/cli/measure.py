@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from inag.cli.common import console
 from inag.cli.options import CliError
 from inag.safe_io import check_writable
 
@@ -40,15 +41,6 @@ measure_app = typer.Typer(
 def register(app: typer.Typer) -> None:
     app.add_typer(measure_app, name="measure")
     app.command("calibrate")(calibrate)
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    con = Console(highlight=False, soft_wrap=False)
-    if not con.is_terminal:
-        con.width = max(con.width, 140)
-    return con
 
 
 # ---------------------------------------------------------------------------- measure run
@@ -89,10 +81,10 @@ def _archs_to_measure(
             except (ValueError, KeyError, TypeError) as exc:
                 raise CliError(f"{manifest}: not an export manifest ({exc})") from None
         return [read_arch(source)], source
-    from inag.cli import _load_space
+    from inag.cli.common import load_space
     from inag.measurements import plan_archs
 
-    s = _load_space(space or "mlp", input_shape, output_size)
+    s = load_space(space or "mlp", input_shape, output_size)
     return plan_archs(s, n, seed), f"plan {space or 'mlp'} n={n} seed={seed}"
 
 
@@ -168,7 +160,7 @@ def measure_run(
     warm = plat.measure.warmup if warmup is None else warmup
     reps = plat.measure.repeats if repeats is None else repeats
     dev_id = _device_identity(rt, device)
-    con = _console()
+    con = console()
     with MeasurementStore(db) as store:
         todo = (
             list(archs)
@@ -367,7 +359,7 @@ def measure_show(
     rows = _select_rows(db, _platform_name(platform), device, runtime, None)
     if not rows:
         raise CliError(f"{db}: no measurements match")
-    _print_rows(_console(), rows, None)
+    _print_rows(console(), rows, None)
 
 
 def _platform_name(platform: str | None) -> str | None:
@@ -604,7 +596,7 @@ def _print_fit(result: Any, dev: str, rt: str, origin: str, out: Path, png: Path
     import numpy as np
     from rich.table import Table
 
-    con = _console()
+    con = console()
     t = Table(title=f"{result.role} model parameters ({dev} via {rt}, {origin})")
     for col in ("parameter", "before", "after", ""):
         t.add_column(col)

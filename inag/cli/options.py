@@ -4,6 +4,7 @@ same way everywhere."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,22 +29,36 @@ def _limit_option(option: str) -> Any:
     raise KeyError(option)
 
 
-def limit_options(params: Mapping[str, Any]) -> dict[str, float]:
-    """The limit overrides among a command's parameters (pass ``locals()``): every option of
-    ``hwmodels.quantities.OPTIONS`` that was given, scaled to its limit."""
+def with_limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command that takes ``**limits`` one option per budget quantity.
+
+    The options, their help and their order come from ``hwmodels.quantities`` (the one table),
+    so `select`, `baseline` and `sweep` offer the same limits without listing them: typer reads
+    the signature set here. In the command, ``limit_overrides(limits)`` turns them into limits.
+    """
+    from hwmodels.quantities import OPTIONS
+
+    sig = inspect.signature(command, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_limit_option(name)
+        )  # fmt: skip
+        for name in OPTIONS
+    ]
+    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return command
+
+
+def limit_overrides(limits: Mapping[str, float | None]) -> dict[str, float]:
+    """The limits a command's limit options (see :func:`with_limit_options`) ask for, each
+    scaled to its limit by ``hwmodels.quantities``; options not given are left out."""
     from hwmodels.quantities import OPTIONS, overrides
 
-    return overrides(**{name: params[name] for name in OPTIONS if name in params})
-
-
-# select, baseline and sweep list these parameters by name (a test checks they cover OPTIONS)
-MaxStorage = _limit_option("max_storage")
-MaxEnergy = _limit_option("max_energy")
-MaxStorageKb = _limit_option("max_storage_kb")
-MaxEnergyUj = _limit_option("max_energy_uj")
-MaxLatencyMs = _limit_option("max_latency_ms")
-MaxFlashKb = _limit_option("max_flash_kb")
-MaxSramKb = _limit_option("max_sram_kb")
+    unknown = sorted(set(limits) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"not limit options: {unknown}; known: {list(OPTIONS)}")
+    return overrides(**limits)
 
 
 def read_arch_source(

@@ -16,14 +16,8 @@ import typer
 
 from inag.cli.options import (
     CliError,
-    MaxEnergy,
-    MaxEnergyUj,
-    MaxFlashKb,
-    MaxLatencyMs,
-    MaxSramKb,
-    MaxStorage,
-    MaxStorageKb,
-    limit_options,
+    limit_overrides,
+    with_limit_options,
 )
 
 
@@ -32,6 +26,7 @@ def register(app: typer.Typer) -> None:
     app.command("sweep")(sweep)
 
 
+@with_limit_options
 def sweep(
     out: Annotated[
         Path, typer.Option(help="Output directory: sweep.csv, sweep.json, pareto_*.png.")
@@ -57,14 +52,8 @@ def sweep(
     ] = 0,
     threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
     rank_by: Annotated[str, typer.Option(help="dist_f, storage, energy or latency.")] = "dist_f",
-    max_storage: MaxStorage = None,
-    max_energy: MaxEnergy = None,
-    max_storage_kb: MaxStorageKb = None,
-    max_energy_uj: MaxEnergyUj = None,
-    max_latency_ms: MaxLatencyMs = None,
-    max_flash_kb: MaxFlashKb = None,
-    max_sram_kb: MaxSramKb = None,
     seed: Annotated[int, typer.Option(help="Seed (bags, random comparison).")] = 0,
+    **limits: float | None,
 ) -> None:
     """Fig. 4b: a bag per condition through the platform's selecting stages; performance
     against normalized storage and energy with the Pareto frontier, against random sampling
@@ -88,7 +77,7 @@ def sweep(
     if seed < 0:
         raise CliError(f"--seed must be >= 0, found {seed}")
     check_writable_dir(out, "the sweep results")
-    overrides = limit_options(locals())
+    overrides = limit_overrides(limits)
     _run(out, model, platform, conds, n, real, threshold, rank_by, overrides, seed, step)
 
 
@@ -107,7 +96,7 @@ def _run(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from inag.cli import BAG_BYTES_PER_ARCH, MAX_BAG, _console, _human_bytes, _load_model
+    from inag.cli.common import BAG_BYTES_PER_ARCH, MAX_BAG, console, human_bytes, load_model
     from inag.platform import load_platform
     from inag.select import SelectionError
     from inag.select.sweep import SweepError, run_sweep, write_outputs
@@ -116,11 +105,11 @@ def _run(
         raise CliError(
             f"sweep keeps every condition's bag: {len(conds)} conditions x -n {n:,} = "
             f"{n * len(conds):,} architectures would need about "
-            f"{_human_bytes(n * len(conds) * BAG_BYTES_PER_ARCH)} of memory; at most "
+            f"{human_bytes(n * len(conds) * BAG_BYTES_PER_ARCH)} of memory; at most "
             f"{MAX_BAG:,} in all: use a smaller -n or a larger --step"
         )
     plat = load_platform(platform)
-    m = _load_model(Path(model))
+    m = load_model(Path(model))
     config = {
         "model": model,
         "platform": platform,
@@ -135,7 +124,7 @@ def _run(
         "limit_overrides": overrides,
         "seed": seed,
     }
-    con = _console(stderr=True)
+    con = console(stderr=True)
     con.print(
         f"sweep {m.task} on {plat.name}: {len(conds)} conditions c = {conds[0]:g}..{conds[-1]:g}, "
         f"bag {n} each" + (f", top {real} trained per condition" if real else "")
