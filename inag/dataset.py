@@ -46,6 +46,20 @@ from inag.space import SearchSpace
 
 SCHEMA_VERSION = 1
 DEFAULT_CHUNK = 128
+# the columns of `inag dataset export-csv`, in order
+CSV_COLUMNS = (
+    "sample_index",
+    "arch_id",
+    "status",
+    "performance",
+    "final_loss",
+    "reason",
+    "seconds",
+    "depth",
+    "widths",
+    "bits",
+    "arch",
+)
 
 
 class DatasetError(ValueError):
@@ -267,6 +281,7 @@ class DatasetStore:
             "path": str(self.path),
             "task": meta.get("task"),
             "task_kind": meta.get("task_kind"),
+            "task_input_shape": meta.get("task_input_shape"),  # (C, H, W) before an MLP flattens
             "input_shape": space.get("input_shape"),
             "output_size": space.get("output_size"),
             "space": space.get("name"),
@@ -289,21 +304,7 @@ class DatasetStore:
         rows = self.rows(None)
         with atomic_open(out) as fh:
             writer = csv.writer(fh)
-            writer.writerow(
-                [
-                    "sample_index",
-                    "arch_id",
-                    "status",
-                    "performance",
-                    "final_loss",
-                    "reason",
-                    "seconds",
-                    "depth",
-                    "widths",
-                    "bits",
-                    "arch",
-                ]
-            )
+            writer.writerow(CSV_COLUMNS)
             for r in rows:
                 a = ArchSpec.from_json(r["arch"])
                 writer.writerow(
@@ -572,11 +573,20 @@ class RayBackend(Backend):
 
 
 def dataset_meta(
-    task_spec: str, task_kind: str, space: SearchSpace, seed: int, data_seed: int, trainer: Any
+    task_spec: str,
+    task_kind: str,
+    space: SearchSpace,
+    seed: int,
+    data_seed: int,
+    trainer: Any,
+    task_input_shape: Sequence[int] | None = None,
 ) -> dict[str, Any]:
+    """What a dataset is made of; ``task_input_shape`` is the task's own (an MLP space holds
+    the flattened size)."""
     return {
         "task": task_spec,
         "task_kind": task_kind,
+        "task_input_shape": list(task_input_shape or space.input_shape),
         "space": {
             "name": space.name,
             "kind": space.kind,
@@ -706,13 +716,15 @@ def build_dataset(
         raise DatasetError(str(exc)) from None
 
     task = load_task(task_spec, seed=data_seed)
-    space = space.bind(task.input_shape, task.output_size)
+    space = space.bind(task.input_shape, task.output_size, what=f"task {task_spec!r}")
     if space.kind != "mlp":
         raise DatasetError(
             f"space {space.name!r} is a {space.kind}; the batched trainer "
             "trains MLP spaces (CNN datasets are not supported yet)"
         )
-    meta = dataset_meta(task_spec, task.kind, space, seed, data_seed, trainer)
+    meta = dataset_meta(
+        task_spec, task.kind, space, seed, data_seed, trainer, task_input_shape=task.input_shape
+    )
     meta["versions"]["trainer_engine"] = engine
     archs = space.sample_many(np.random.default_rng(seed), n)
     stop = threading.Event()

@@ -10,6 +10,12 @@ ordinal position ``index / (n - 1)``. ``decode`` accepts *any* real vector and a
 valid architecture of the space: values are clipped, rounded to the nearest choice, the depth is
 the number of masks above 0.5 clamped to the block's range (the highest-mask slots win), and a
 conv stack that would shrink the feature map below 1x1 gets its pools, then strides, reduced.
+
+Binding (``bind``) re-targets a space to a task's input shape and output size. An MLP flattens
+the input. A CNN needs an image ``(C, H, W)``; its conv choices may depend on the image size
+(``conv_by_size`` in the YAML: the first entry whose ``max_side`` covers max(H, W) replaces the
+fields it names, larger images keep the ``conv`` block), and ``input_channels`` may pin the
+channel counts it accepts. docs/dataset.md says why the bundled ``cnn`` chooses as it does.
 """
 
 from __future__ import annotations
@@ -62,6 +68,14 @@ class Block:
 
 
 @dataclass(frozen=True)
+class SizePreset:
+    """The conv choices for images whose larger side is at most ``max_side`` (None: any)."""
+
+    max_side: int | None
+    conv: Block
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A bounded space of quantized architectures for one input shape and output size."""
 
@@ -73,6 +87,10 @@ class SearchSpace:
     output_size: int
     output_bits: int = MAX_BITS
     description: str = ""
+    # CNN only. The conv block by image size, smallest first, the YAML's `conv` block last
+    # (max_side None); empty: the conv block does not depend on the size.
+    conv_by_size: tuple[SizePreset, ...] = ()
+    input_channels: tuple[int, ...] = ()  # CNN only: the accepted channel counts (empty: any)
 
     # ------------------------------------------------------------------ construction
     def to_dict(self) -> dict[str, Any]:
@@ -87,18 +105,18 @@ class SearchSpace:
             "output_size": self.output_size,
             "output_bits": self.output_bits,
         }
+        if self.input_channels:
+            out["input_channels"] = list(self.input_channels)
         for b in self.blocks:
-            d: dict[str, Any] = {"min_depth": b.min_depth, "max_depth": b.max_depth}
-            if b.kind == "conv":
-                d |= {
-                    "channels": list(b.widths),
-                    "kernels": list(b.kernels),
-                    "strides": list(b.strides),
-                    "pools": list(b.pools),
-                }
-            else:
-                d["widths"] = list(b.widths)
-            out[b.kind] = d
+            out[b.kind] = _block_dict(b)
+        if self.conv_by_size:
+            *presets, base = self.conv_by_size
+            out["conv"] = base_dict = _block_dict(base.conv)
+            out["conv_by_size"] = [
+                {"max_side": p.max_side}
+                | {k: v for k, v in _block_dict(p.conv).items() if v != base_dict[k]}
+                for p in presets
+            ]
         return out
 
     def choice_counts(self) -> list[int]:
@@ -109,16 +127,48 @@ class SearchSpace:
                 counts += [2, len(self.bits), *(len(b.choices(f)) for f in b.fields)]
         return counts
 
-    def bind(self, input_shape: Sequence[int], output_size: int) -> SearchSpace:
-        """The same space for a task's input shape and output size."""
+    def bind(
+        self, input_shape: Sequence[int], output_size: int, what: str = "the input"
+    ) -> SearchSpace:
+        """The same space for a task's input shape and output size (``what`` names the task
+        in errors): an MLP flattens the input; a CNN takes the conv choices for its size."""
         shape = tuple(int(d) for d in input_shape)
-        if self.kind == "cnn" and len(shape) != 3:
-            raise SpaceError(
-                f"space {self.name!r} is a cnn and needs (C, H, W) input, got {shape}"
-            )
         if self.kind == "mlp":
-            shape = (math.prod(shape),)
-        return dataclasses.replace(self, input_shape=shape, output_size=int(output_size))
+            return dataclasses.replace(
+                self, input_shape=(math.prod(shape),), output_size=int(output_size)
+            )
+        self._check_image(shape, what)
+        blocks = self.blocks
+        if self.conv_by_size:
+            side = max(shape[1:])
+            preset = next(p for p in self.conv_by_size if p.max_side is None or side <= p.max_side)
+            blocks = (preset.conv, *self.blocks[1:])
+        return dataclasses.replace(
+            self, input_shape=shape, output_size=int(output_size), blocks=blocks
+        )
+
+    def _check_image(self, shape: tuple[int, ...], what: str) -> None:
+        """Refuse an input this CNN space cannot take, naming the shapes."""
+        if len(shape) != 3 or min(shape) < 1:
+            n = math.prod(shape) if shape else 0
+            raise SpaceError(
+                f"input_shape: space {self.name!r} is a cnn and needs (C, H, W) image input; "
+                f"{what} has input_shape {shape} ({n} feature(s), not an image): bind it to an "
+                "image task (digits, mnist, cifar10) or use an mlp space"
+            )
+        channels, h, w = shape
+        if self.input_channels and channels not in self.input_channels:
+            raise SpaceError(
+                f"input_shape: space {self.name!r} takes images with "
+                f"{' or '.join(map(str, self.input_channels))} channel(s) (C, H, W with C in "
+                f"{list(self.input_channels)}); {what} has input_shape {shape}, {channels} "
+                "channel(s)"
+            )
+        if max(h, w) > MAX_CNN_SIDE:
+            raise SpaceError(
+                f"input_shape: space {self.name!r} takes images with H, W <= {MAX_CNN_SIDE}; "
+                f"{what} has input_shape {shape}"
+            )
 
     @property
     def dim(self) -> int:
@@ -287,23 +337,13 @@ class SearchSpace:
 
     def canonical_many(self, matrix: np.ndarray) -> np.ndarray:
         """``encode(decode(row))`` for every row, vectorized (the slow path only for CNNs)."""
-        m = np.asarray(matrix, dtype=np.float64)
-        if m.ndim != 2 or m.shape[1] != self.dim:
-            raise SpaceError(
-                f"expected a (n, {self.dim}) matrix for space {self.name!r}, found shape {m.shape}"
-            )
         if self.kind != "mlp":
-            return self.encode_many(self.decode_many(m))
-        m = np.clip(np.nan_to_num(m, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+            return self.encode_many(self.decode_many(matrix))
+        m = self._clipped(matrix)
         n = m.shape[0]
         (b,) = self.blocks
         sl = m.reshape(n, b.max_depth, b.slot_len)
-        masks = sl[:, :, 0]
-        depth = np.clip((masks > 0.5).sum(1), b.min_depth, b.max_depth)
-        order = np.argsort(-masks, axis=1, kind="stable")
-        rank = np.empty_like(order)
-        np.put_along_axis(rank, order, np.arange(b.max_depth)[None, :].repeat(n, 0), 1)
-        active = rank < depth[:, None]
+        depth, active = _active_slots(sl, b)
         # pack the active slots first, keeping their order
         pos = np.argsort(~active, axis=1, kind="stable")
         packed = np.take_along_axis(sl, pos[:, :, None], axis=1)
@@ -320,25 +360,14 @@ class SearchSpace:
 
     def decode_many(self, matrix: np.ndarray) -> list[ArchSpec]:
         """Vectorized decode of a (n, dim) matrix; every row gives a valid architecture."""
-        m = np.asarray(matrix, dtype=np.float64)
-        if m.ndim != 2 or m.shape[1] != self.dim:
-            raise SpaceError(
-                f"expected a (n, {self.dim}) matrix for space {self.name!r}, found shape {m.shape}"
-            )
-        m = np.clip(np.nan_to_num(m, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        m = self._clipped(matrix)
         n = m.shape[0]
         per_block = []
         pos = 0
         for b in self.blocks:
             sl = m[:, pos : pos + b.max_depth * b.slot_len].reshape(n, b.max_depth, b.slot_len)
             pos += b.max_depth * b.slot_len
-            masks = sl[:, :, 0]
-            depth = np.clip((masks > 0.5).sum(1), b.min_depth, b.max_depth)
-            # rank slots by mask (stable: earlier slot wins ties), keep the top `depth`
-            order = np.argsort(-masks, axis=1, kind="stable")
-            rank = np.empty_like(order)
-            np.put_along_axis(rank, order, np.arange(b.max_depth)[None, :].repeat(n, 0), 1)
-            active = rank < depth[:, None]
+            _, active = _active_slots(sl, b)
             bits = np.asarray(self.bits)[_index(sl[:, :, 1], len(self.bits))]
             fields = {
                 f: np.asarray(b.choices(f))[_index(sl[:, :, 2 + j], len(b.choices(f)))]
@@ -356,6 +385,15 @@ class SearchSpace:
         return out
 
     # ------------------------------------------------------------------ helpers
+    def _clipped(self, matrix: np.ndarray) -> np.ndarray:
+        """A (n, dim) float64 copy in [0, 1] (NaN -> 0, +inf -> 1), or a SpaceError."""
+        m = np.asarray(matrix, dtype=np.float64)
+        if m.ndim != 2 or m.shape[1] != self.dim:
+            raise SpaceError(
+                f"expected a (n, {self.dim}) matrix for space {self.name!r}, found shape {m.shape}"
+            )
+        return np.clip(np.nan_to_num(m, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
     def _build(self, layers: list[LayerSpec]) -> ArchSpec:
         return ArchSpec(
             kind=self.kind,
@@ -404,6 +442,32 @@ def _layer(kind: str, bits: int, kw: dict[str, int]) -> LayerSpec:
     if layer is None:
         layer = _LAYER_CACHE[key] = LayerSpec(kind=kind, bits=bits, **kw)  # type: ignore[arg-type]
     return layer
+
+
+def _active_slots(slots: np.ndarray, b: Block) -> tuple[np.ndarray, np.ndarray]:
+    """Depth per row and which slots are active, from the masks of (n, max_depth, slot_len)
+    slots: the depth is the masks above 0.5 clamped to the block's range, and the slots with
+    the highest masks are the active ones (stable: the earlier slot wins a tie)."""
+    n = slots.shape[0]
+    masks = slots[:, :, 0]
+    depth = np.clip((masks > 0.5).sum(1), b.min_depth, b.max_depth)
+    order = np.argsort(-masks, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(b.max_depth)[None, :].repeat(n, 0), 1)
+    return depth, rank < depth[:, None]
+
+
+def _block_dict(b: Block) -> dict[str, Any]:
+    """A block's YAML form."""
+    d: dict[str, Any] = {"min_depth": b.min_depth, "max_depth": b.max_depth}
+    if b.kind == "conv":
+        return d | {
+            "channels": list(b.widths),
+            "kernels": list(b.kernels),
+            "strides": list(b.strides),
+            "pools": list(b.pools),
+        }
+    return d | {"widths": list(b.widths)}
 
 
 def _ordinal(choices: Sequence[int], value: int) -> float:
@@ -478,6 +542,79 @@ def _int_list(data: dict, key: str, where: str, lo: int, hi: int) -> tuple[int, 
     return tuple(sorted(vals))
 
 
+def _parse_block(name: str, kind: str, bd: Any, where: str) -> Block:
+    """One ``dense`` or ``conv`` section, every field checked."""
+    if not isinstance(bd, dict):
+        raise SpaceError(f"{where}: expected a mapping of the block's fields, found {brief(bd)}")
+    _check_keys(bd, _BLOCK_KEYS[name], where)
+    lo_default = 1 if (name == "dense" and kind == "mlp") or name == "conv" else 0
+    min_d = bd.get("min_depth", lo_default)
+    max_d = bd.get("max_depth")
+    if (
+        isinstance(max_d, bool)
+        or isinstance(min_d, bool)
+        or not isinstance(max_d, int)
+        or not isinstance(min_d, int)
+        or not 0 <= min_d <= max_d
+    ):
+        raise SpaceError(
+            f"{where}: need integers 0 <= min_depth <= max_depth, found "
+            f"{brief(min_d)}..{brief(max_d)}"
+        )
+    if max_d > MAX_SPACE_DEPTH:
+        raise SpaceError(
+            f"{where}.max_depth: {max_d} layers, more than the {MAX_SPACE_DEPTH} accepted"
+        )
+    if min_d < lo_default:
+        raise SpaceError(f"{where}: min_depth must be at least {lo_default}, found {min_d}")
+    key = "channels" if name == "conv" else "widths"
+    kw: dict[str, Any] = {"widths": _int_list(bd, key, where, 1, 1 << 16)}
+    if name == "conv":
+        kw["kernels"] = _int_list(bd, "kernels", where, 1, 15)
+        if any(k % 2 == 0 for k in kw["kernels"]):
+            raise SpaceError(f"{where}.kernels: must be odd, found {list(kw['kernels'])}")
+        kw["strides"] = _int_list(bd, "strides", where, 1, 8) if "strides" in bd else (1,)
+        kw["pools"] = _int_list(bd, "pools", where, 1, 8) if "pools" in bd else (1,)
+        combos = len(kw["kernels"]) * len(kw["strides"]) * len(kw["pools"])
+        if combos > MAX_CONV_COMBOS:
+            raise SpaceError(
+                f"{where}: {combos} kernel x stride x pool combinations, more than the "
+                f"{MAX_CONV_COMBOS} accepted (counting the space's size grows with them)"
+            )
+        if 1 not in kw["strides"] or 1 not in kw["pools"]:
+            raise SpaceError(
+                f"{where}: strides and pools must include 1 (so any stack can be kept at least "
+                "1x1)"
+            )
+    return Block(kind=name, min_depth=min_d, max_depth=max_d, **kw)
+
+
+def _parse_conv_by_size(entries: Any, base: dict, where: str) -> tuple[SizePreset, ...]:
+    """``conv_by_size``: entries of ``max_side`` plus conv fields that replace the base
+    block's, in increasing ``max_side``; the base block ends the tuple (any larger image)."""
+    if not isinstance(entries, list) or not entries:
+        raise SpaceError(
+            f"{where}: expected a non-empty list of {{max_side: N, <conv fields>}}, found "
+            f"{brief(entries)}"
+        )
+    presets = []
+    last = 0
+    for i, entry in enumerate(entries):
+        at = f"{where}[{i}]"
+        if not isinstance(entry, dict):
+            raise SpaceError(f"{at}: expected a mapping, found {brief(entry)}")
+        _check_keys(entry, ("max_side", *_BLOCK_KEYS["conv"]), at)
+        side = _int_field(entry, "max_side", at, 1, MAX_CNN_SIDE)
+        if side <= last:
+            raise SpaceError(
+                f"{at}.max_side: entries go from small to large images; {side} follows {last}"
+            )
+        last = side
+        fields = {k: v for k, v in entry.items() if k != "max_side"}
+        presets.append(SizePreset(side, _parse_block("conv", "cnn", base | fields, at)))
+    return (*presets, SizePreset(None, _parse_block("conv", "cnn", base, f"{where} base")))
+
+
 def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
     if not isinstance(data, dict):
         raise SpaceError(
@@ -490,60 +627,27 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
     if kind not in ("mlp", "cnn"):
         raise SpaceError(f"{source}: kind must be 'mlp' or 'cnn', found {brief(kind)}")
     block_names = ("dense",) if kind == "mlp" else ("conv", "dense")
-    _check_keys(data, (*_TOP_KEYS, *block_names), source)
+    cnn_keys = ("conv_by_size", "input_channels") if kind == "cnn" else ()
+    _check_keys(data, (*_TOP_KEYS, *block_names, *cnn_keys), source)
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
             raise SpaceError(f"{source}: {key} must be a string, found {brief(data[key])}")
     bits = _int_list(data, "bits", source, MIN_BITS, MAX_BITS)
     blocks = []
     for name in block_names:
-        where = f"{source}: {name}"
-        bd = data.get(name)
-        if not isinstance(bd, dict):
+        if not isinstance(data.get(name), dict):
             raise SpaceError(
-                f"{where}: missing section (a {kind} space needs {list(block_names)})"
+                f"{source}: {name}: missing section (a {kind} space needs {list(block_names)})"
             )
-        _check_keys(bd, _BLOCK_KEYS[name], where)
-        lo_default = 1 if (name == "dense" and kind == "mlp") or name == "conv" else 0
-        min_d = bd.get("min_depth", lo_default)
-        max_d = bd.get("max_depth")
-        if (
-            isinstance(max_d, bool)
-            or isinstance(min_d, bool)
-            or not isinstance(max_d, int)
-            or not isinstance(min_d, int)
-            or not 0 <= min_d <= max_d
-        ):
-            raise SpaceError(
-                f"{where}: need integers 0 <= min_depth <= max_depth, found "
-                f"{brief(min_d)}..{brief(max_d)}"
-            )
-        if max_d > MAX_SPACE_DEPTH:
-            raise SpaceError(
-                f"{where}.max_depth: {max_d} layers, more than the {MAX_SPACE_DEPTH} accepted"
-            )
-        if min_d < lo_default:
-            raise SpaceError(f"{where}: min_depth must be at least {lo_default}, found {min_d}")
-        key = "channels" if name == "conv" else "widths"
-        kw: dict[str, Any] = {"widths": _int_list(bd, key, where, 1, 1 << 16)}
-        if name == "conv":
-            kw["kernels"] = _int_list(bd, "kernels", where, 1, 15)
-            if any(k % 2 == 0 for k in kw["kernels"]):
-                raise SpaceError(f"{where}.kernels: must be odd, found {list(kw['kernels'])}")
-            kw["strides"] = _int_list(bd, "strides", where, 1, 8) if "strides" in bd else (1,)
-            kw["pools"] = _int_list(bd, "pools", where, 1, 8) if "pools" in bd else (1,)
-            combos = len(kw["kernels"]) * len(kw["strides"]) * len(kw["pools"])
-            if combos > MAX_CONV_COMBOS:
-                raise SpaceError(
-                    f"{where}: {combos} kernel x stride x pool combinations, more than the "
-                    f"{MAX_CONV_COMBOS} accepted (counting the space's size grows with them)"
-                )
-            if 1 not in kw["strides"] or 1 not in kw["pools"]:
-                raise SpaceError(
-                    f"{where}: strides and pools must include 1 (so any stack can "
-                    "be kept at least 1x1)"
-                )
-        blocks.append(Block(kind=name, min_depth=min_d, max_depth=max_d, **kw))
+        blocks.append(_parse_block(name, kind, data[name], f"{source}: {name}"))
+    presets: tuple[SizePreset, ...] = ()
+    if "conv_by_size" in data:
+        presets = _parse_conv_by_size(
+            data["conv_by_size"], data["conv"], f"{source}: conv_by_size"
+        )
+    channels = ()
+    if "input_channels" in data:
+        channels = _int_list(data, "input_channels", source, 1, 1 << 16)
     shape = data.get("input_shape")
     if (
         not isinstance(shape, list)
@@ -583,12 +687,15 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
         output_size=out_size,
         output_bits=out_bits,
         description=str(data.get("description", "")),
+        conv_by_size=presets,
+        input_channels=channels,
     )
+    space = space.bind(space.input_shape, space.output_size, f"{source}'s own input_shape")
     try:
         space.largest()
     except ArchError as exc:
         raise SpaceError(f"{source}: the space's largest architecture is invalid: {exc}") from None
-    return space.bind(space.input_shape, space.output_size)
+    return space
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:

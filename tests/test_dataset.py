@@ -20,15 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from inag.arch import ArchSpec
 from inag.dataset import (
+    CSV_COLUMNS,
     DatasetError,
     DatasetStore,
     LocalBackend,
     build_dataset,
 )
-from inag.space import load_space
+from inag.space import SpaceError, load_space
 from inag.train.trainer import TrainerConfig
 
 TINY = TrainerConfig(epochs=2, restarts=1)
@@ -58,7 +60,8 @@ def build(db: Path, n: int = N, workers: int = 1, **kw):
     kw.setdefault("seed", SEED)
     kw.setdefault("chunk", CHUNK)
     task = kw.pop("task", "data_a")
-    return build_dataset(db, task, load_space("mlp"), n, backend=LocalBackend(workers), **kw)
+    space = load_space(kw.pop("space", "mlp"))
+    return build_dataset(db, task, space, n, backend=LocalBackend(workers), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +172,47 @@ def test_foreign_db_is_refused(built, change, label):
     assert read_rows(db) == before
 
 
+def test_info_names_the_task_input_shape_and_the_space_one(tmp_path):
+    """An MLP flattens an image task: info keeps both shapes (digits: 1x8x8 -> 64)."""
+    db = tmp_path / "digits.sqlite"
+    build(db, n=2, chunk=2, task="digits")
+    with DatasetStore(db) as store:
+        info = store.info()
+    assert info["task_kind"] == "classification" and info["task_input_shape"] == [1, 8, 8]
+    assert info["input_shape"] == [64] and info["output_size"] == 10 and info["space"] == "mlp"
+    with DatasetStore(tmp_path / "old.sqlite", create=True) as store:
+        store.bind({"task": "data_a"})  # a dataset written before the key existed
+        assert store.info()["task_input_shape"] is None
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_cnn_space_on_a_non_image_task_is_refused_naming_the_shapes(tmp_path):
+    db = tmp_path / "x.sqlite"
+    with pytest.raises(SpaceError) as err:
+        build(db, n=2, task="data_a", space="cnn")
+    msg = str(err.value)
+    assert "input_shape: space 'cnn'" in msg and "(C, H, W)" in msg
+    assert "task 'data_a' has input_shape (1,)" in msg
+    assert not db.exists()  # refused before anything is written
+
+
+def test_cifar_directory_given_to_a_one_channel_space(tmp_path):
+    from test_tasks import make_cifar
+
+    folder = make_cifar(tmp_path, n=4)
+    gray = tmp_path / "gray.yaml"
+    gray.write_text(
+        yaml.safe_dump(load_space("cnn").to_dict() | {"name": "gray", "input_channels": [1]})
+    )
+    db = tmp_path / "x.sqlite"
+    with pytest.raises(SpaceError) as err:
+        build(db, n=2, task=f"cifar10:{folder}", space=str(gray))
+    msg = str(err.value)
+    assert "input_shape: space 'gray' takes images with 1 channel(s)" in msg
+    assert f"task 'cifar10:{folder}' has input_shape (3, 32, 32), 3 channel(s)" in msg
+    assert not db.exists()
+
+
 def test_info_and_csv_export(built, tmp_path):
     db = built[0]
     with DatasetStore(db) as store:
@@ -192,19 +236,7 @@ def test_info_and_csv_export(built, tmp_path):
     with (tmp_path / "sub" / "out.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == N
-    assert list(rows[0]) == [
-        "sample_index",
-        "arch_id",
-        "status",
-        "performance",
-        "final_loss",
-        "reason",
-        "seconds",
-        "depth",
-        "widths",
-        "bits",
-        "arch",
-    ]
+    assert list(rows[0]) == list(CSV_COLUMNS)
     for r in rows:
         a = ArchSpec.from_json(r["arch"])
         assert a.arch_id == r["arch_id"] and int(r["depth"]) == a.depth

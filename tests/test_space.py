@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwmodels.builtin import Eq2Storage
-from inag.arch import ArchError, ArchSpec, LayerSpec
+from inag.arch import ArchError, ArchSpec, LayerSpec, conv_out_hw
 from inag.ir import layer_table_many
 from inag.platform import load_platform
-from inag.space import SearchSpace, SpaceError, load_space
+from inag.space import SearchSpace, SpaceError, load_space, space_from_dict
 
 SETTINGS = settings(deadline=None, max_examples=60, derandomize=True, database=None)
 SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
@@ -192,8 +192,151 @@ def test_bind(mlp_space, cnn_space):
     assert rgb.input_shape == (3, 32, 32)
     assert rgb.largest().input_shape == (3, 32, 32)
     assert rgb.size() > cnn_space.size()  # more room for pools on a bigger map
-    with pytest.raises(SpaceError, match=r"needs \(C, H, W\) input"):
+    with pytest.raises(SpaceError, match=r"needs \(C, H, W\) image input"):
         cnn_space.bind((64,), 10)
+
+
+# --------------------------------------------------------------------------- CNN by input size
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def _final_side(arch: ArchSpec) -> int:
+    """The larger side of the feature map the conv stack leaves."""
+    _, h, w = arch.input_shape
+    for layer in arch.layers:
+        if layer.kind == "conv":
+            h, w = conv_out_hw(h, w, layer)
+    return max(h, w)
+
+
+@pytest.mark.parametrize("task", IMAGE_SHAPES)
+def test_cnn_binds_to_each_image_size(cnn_space, task):
+    """digits keeps pools only (the space as it always was; most stacks halve the map or
+    more); MNIST and CIFAR-10 also get stride 2, and most of their stacks shrink the map to a
+    quarter or less."""
+    shape = IMAGE_SHAPES[task]
+    bound = cnn_space.bind(shape, 10)
+    conv = bound.blocks[0]
+    assert bound.input_shape == shape and bound.dim == cnn_space.dim
+    assert conv.pools == (1, 2) and conv.strides == ((1,) if task == "digits" else (1, 2))
+    archs = bound.sample_many(np.random.default_rng(0), 300)
+    assert all(bound.contains(a) and a.input_shape == shape for a in archs)
+    sides = np.array([_final_side(a) for a in archs])
+    assert np.mean(sides <= shape[1] // (2 if task == "digits" else 4)) > 0.6
+    if task != "digits":
+        assert {layer.stride for a in archs for layer in a.layers if layer.kind == "conv"} == {
+            1,
+            2,
+        }
+    # a function of the shape alone: re-binding an already bound space gives the same space
+    assert cnn_space.bind((3, 32, 32), 10).bind(shape, 10) == bound
+    assert space_from_dict(write_space_dict(bound.to_dict())) == bound
+
+
+def write_space_dict(data: dict) -> dict:
+    """A YAML round trip of a space's dict (what a dataset or a model stores)."""
+    return yaml.safe_load(yaml.safe_dump(data))
+
+
+def test_digits_binding_is_the_bundled_default(cnn_space):
+    assert cnn_space.bind((1, 8, 8), 10) == cnn_space
+    assert cnn_space.to_dict()["conv_by_size"] == [{"max_side": 8, "strides": [1]}]
+    assert cnn_space.to_dict()["conv"]["strides"] == [1, 2]  # the block for larger images
+
+
+def test_conv_by_size_picks_the_first_entry_that_covers_the_image(tmp_path):
+    data = TINY_CNN | {
+        "input_shape": [1, 2, 2],
+        "conv_by_size": [
+            {"max_side": 2, "strides": [1], "pools": [1]},
+            {"max_side": 4, "kernels": [3]},
+        ],
+    }
+    space = load_space(write_space(tmp_path, data))
+    got = {side: space.bind((1, side, side), 3).blocks[0] for side in (1, 2, 3, 4, 5)}
+    assert got[1] == got[2] and (got[2].strides, got[2].pools) == ((1,), (1,))
+    assert got[3] == got[4] and (got[4].kernels, got[4].strides) == ((3,), (1, 2))
+    assert got[5].kernels == (1, 3)  # no entry covers 5x5: the conv block itself
+    assert space.bind((1, 2, 5), 3).blocks[0] == got[5]  # the larger side decides
+    assert space_from_dict(write_space_dict(space.to_dict())) == space
+
+
+@pytest.mark.parametrize(
+    ("conv_by_size", "needle"),
+    [
+        ([], "conv_by_size: expected a non-empty list"),
+        ([{"strides": [1]}], "conv_by_size[0].max_side: expected an integer in 1..1024"),
+        ([{"max_side": 4}, {"max_side": 4}], "conv_by_size[1].max_side: entries go from small"),
+        ([{"max_side": 4, "pools": [2]}], "conv_by_size[0]: strides and pools must include 1"),
+        ([{"max_side": 4, "stride": [1]}], "unknown key 'stride' (did you mean 'strides'?)"),
+    ],
+)
+def test_conv_by_size_errors_name_the_entry(tmp_path, conv_by_size, needle):
+    with pytest.raises(SpaceError) as err:
+        load_space(write_space(tmp_path, TINY_CNN | {"conv_by_size": conv_by_size}))
+    assert needle in str(err.value)
+
+
+def test_mlp_space_has_no_image_keys(tmp_path):
+    data = {
+        "schema_version": 1,
+        "kind": "mlp",
+        "bits": [8],
+        "dense": {"max_depth": 1, "widths": [4]},
+        "input_shape": [1],
+        "output_size": 1,
+        "input_channels": [1],
+    }
+    with pytest.raises(SpaceError, match="unknown key 'input_channels'"):
+        load_space(write_space(tmp_path, data))
+
+
+# --------------------------------------------------------------------------- bad input
+def test_cnn_space_bound_to_a_non_image_task_names_the_shapes(cnn_space):
+    with pytest.raises(SpaceError) as err:
+        cnn_space.bind((1,), 1, what="task 'data_a'")
+    msg = str(err.value)
+    assert msg.startswith("input_shape: space 'cnn'")  # the field
+    assert "needs (C, H, W) image input" in msg  # expected
+    assert "task 'data_a' has input_shape (1,)" in msg and "use an mlp space" in msg  # found
+
+
+def test_one_channel_space_refuses_three_channel_images(tmp_path):
+    gray = load_space(write_space(tmp_path, TINY_CNN | {"input_channels": [1]}))
+    assert gray.bind((1, 28, 28), 10).input_shape == (1, 28, 28)
+    with pytest.raises(SpaceError) as err:
+        gray.bind((3, 32, 32), 10, what="task 'cifar10:/data/cifar'")
+    msg = str(err.value)
+    assert msg.startswith("input_shape: space 'tiny' takes images with 1 channel(s)")
+    assert "C in [1]" in msg and "task 'cifar10:/data/cifar' has input_shape (3, 32, 32)" in msg
+    assert space_from_dict(write_space_dict(gray.to_dict())) == gray
+    with pytest.raises(SpaceError, match=r"input_shape \(3, 2, 2\), 3 channel"):
+        load_space(
+            write_space(tmp_path, TINY_CNN | {"input_channels": [1], "input_shape": [3, 2, 2]})
+        )
+
+
+def test_an_image_larger_than_the_limit_is_refused(cnn_space):
+    with pytest.raises(
+        SpaceError, match=r"H, W <= 1024; the input has input_shape \(1, 8, 2048\)"
+    ):
+        cnn_space.bind((1, 8, 2048), 10)
+
+
+def test_an_arch_whose_map_shrinks_below_1x1_names_the_layer_and_sizes():
+    """Four 2x2 pools take an 8x8 map to 0x0: the arch is refused where it is read."""
+    layer = {"kind": "conv", "width": 4, "bits": 8, "kernel": 3, "stride": 1, "pool": 2}
+    data = {"kind": "cnn", "input_shape": [1, 8, 8], "output_size": 10, "layers": [layer] * 4}
+    with pytest.raises(ArchError) as err:
+        ArchSpec.from_dict(data)
+    msg = str(err.value)
+    assert "layers[3]" in msg and "0x0" in msg and "at least 1x1" in msg
+    # the space never makes one: decoding the same choices drops the last pool
+    space = load_space("cnn")
+    conv = space.blocks[0]
+    slot = [1.0, 1.0, conv.widths.index(4) / 4, 0.5, 0.0, 1.0]  # mask bits width k3 s1 pool2
+    arch = space.decode(np.array(slot * 4 + [0.0] * 6))
+    assert [layer.pool for layer in arch.layers] == [2, 2, 2, 1] and _final_side(arch) == 1
 
 
 # --------------------------------------------------------------------------- size
@@ -378,17 +521,17 @@ def test_storage_monotone_in_width_and_bits(request, eq2, name, seed, data):
 
 
 # --------------------------------------------------------------------------- YAML errors
-def test_malformed_yaml(tmp_path):
-    path = tmp_path / "broken.yaml"
-    path.write_text("kind: mlp\nbits: [2, 3\n")
-    with pytest.raises(SpaceError, match="malformed YAML"):
-        load_space(path)
-
-
-def test_not_a_mapping(tmp_path):
-    path = tmp_path / "list.yaml"
-    path.write_text("- 1\n- 2\n")
-    with pytest.raises(SpaceError, match="a search space is a YAML mapping, found list"):
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("kind: mlp\nbits: [2, 3\n", "malformed YAML"),
+        ("- 1\n- 2\n", "a search space is a YAML mapping, found list"),
+    ],
+)
+def test_unreadable_yaml(tmp_path, text, needle):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError, match=needle):
         load_space(path)
 
 

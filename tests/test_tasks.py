@@ -15,6 +15,7 @@ import pytest
 from inag import tasks
 from inag.tasks import (
     CALIFORNIA_CATEGORIES,
+    CALIFORNIA_COLUMNS,
     POLYNOMIAL_TASKS,
     TaskData,
     TaskError,
@@ -78,18 +79,7 @@ def make_cifar(root: Path, n: int = 12, protocol: int = 2, seed: int = 0) -> Pat
     return folder
 
 
-CALIFORNIA_HEADER = [
-    "longitude",
-    "latitude",
-    "housing_median_age",
-    "total_rooms",
-    "total_bedrooms",
-    "population",
-    "households",
-    "median_income",
-    "median_house_value",
-    "ocean_proximity",
-]
+CALIFORNIA_HEADER = list(CALIFORNIA_COLUMNS)
 
 
 def make_california(path: Path, n: int = 300, seed: int = 0) -> Path:
@@ -171,7 +161,7 @@ def all_arrays(data: TaskData) -> list[np.ndarray]:
 
 def test_available_tasks_lists_every_form() -> None:
     forms = available_tasks()
-    for name in ("data_a", "data_b", "digits", "diabetes", "mnist:DIR", "cifar10:DIR"):
+    for name in ("data_a", "data_b", "digits", "diabetes", "mnist", "mnist:DIR", "cifar10:DIR"):
         assert name in forms
     assert "california:FILE.csv" in forms
     assert any(f.startswith("csv:FILE.csv?target=COL") for f in forms)
@@ -186,10 +176,36 @@ def test_unknown_task_lists_available_ones() -> None:
         assert form in message
 
 
-@pytest.mark.parametrize("spec", ["mnist", "cifar10:", "california", "csv"])
+@pytest.mark.parametrize("spec", ["mnist:", "cifar10:", "cifar10", "california", "csv"])
 def test_path_task_without_path_shows_the_form(spec: str) -> None:
-    with pytest.raises(TaskError, match=r":(DIR|FILE\.csv)"):
+    with pytest.raises(TaskError, match=r"reads local files: write it as .*:(DIR|FILE\.csv)"):
         load_task(spec)
+
+
+def test_a_name_with_a_bare_and_a_path_form_lists_both() -> None:
+    """``mnist`` is the bundled digits, ``mnist:DIR`` IDX files: one name, two loaders."""
+    loaders = tasks.task_loaders()
+    assert loaders["mnist"].name == loaders["mnist:DIR"].name == "mnist"
+    assert not loaders["mnist"].takes_path and loaders["mnist:DIR"].takes_path
+    with pytest.raises(TaskError, match="write it as 'mnist' or 'mnist:DIR'"):
+        load_task("mnist:")
+
+
+@pytest.mark.parametrize(
+    ("form", "name", "expected"),
+    [
+        ("mnist:{}", "nowhere", "train-images-idx3-ubyte"),
+        ("cifar10:{}", "absent", "test_batch"),
+        ("california:{}", "housing.csv", "median_house_value"),
+    ],
+)
+def test_a_missing_path_is_named_with_what_was_expected(
+    tmp_path: Path, form: str, name: str, expected: str
+) -> None:
+    missing = tmp_path / name
+    with pytest.raises(TaskError) as info:
+        load_task(form.format(missing))
+    assert str(missing) in str(info.value) and expected in str(info.value)
 
 
 def test_embedded_task_refuses_an_argument() -> None:
@@ -336,13 +352,6 @@ def test_mnist_dotted_names_and_max_train(tmp_path: Path) -> None:
     assert data.x_train.shape == (10, 1, 28, 28)
 
 
-def test_mnist_missing_dir_names_the_path(tmp_path: Path) -> None:
-    missing = tmp_path / "nowhere"
-    with pytest.raises(TaskError) as info:
-        load_task(f"mnist:{missing}")
-    assert str(missing) in str(info.value) and "train-images-idx3-ubyte" in str(info.value)
-
-
 def test_mnist_missing_file_is_named(tmp_path: Path) -> None:
     folder = make_mnist(tmp_path / "mnist")
     (folder / "t10k-labels-idx1-ubyte").unlink()
@@ -458,10 +467,6 @@ def test_cifar10_missing_files(tmp_path: Path) -> None:
     (folder / "data_batch_5").unlink()
     with pytest.raises(TaskError, match="data_batch_5"):
         load_task(f"cifar10:{folder}")
-    missing = tmp_path / "absent"
-    with pytest.raises(TaskError) as info:
-        load_task(f"cifar10:{missing}")
-    assert str(missing) in str(info.value) and "test_batch" in str(info.value)
 
 
 # --------------------------------------------------------------------------- California
@@ -511,13 +516,6 @@ def test_california_unknown_category_and_bad_number(tmp_path: Path) -> None:
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(TaskError, match="housing_median_age"):
         load_task(f"california:{bad}")
-
-
-def test_california_missing_file(tmp_path: Path) -> None:
-    missing = tmp_path / "housing.csv"
-    with pytest.raises(TaskError) as info:
-        load_task(f"california:{missing}")
-    assert str(missing) in str(info.value) and "median_house_value" in str(info.value)
 
 
 # --------------------------------------------------------------------------- generic CSV

@@ -201,7 +201,9 @@ def _load_cifar10(arg: str | None, seed: int) -> _Raw:
     )
 
 
-def _cifar_files(arg: str) -> list[Path]:
+def _cifar_files(arg: str | None) -> list[Path]:
+    if arg is None:
+        return []
     path = Path(arg).expanduser()
     out: list[Path] = []
     for folder in (path, path / "cifar-10-batches-py"):

@@ -98,11 +98,13 @@ _CALIFORNIA_TARGET = "median_house_value"
 _CALIFORNIA_CATEGORICAL = "ocean_proximity"
 CSV_FORM = "csv:FILE.csv?target=COL[&kind=regression|classification]"
 CALIFORNIA_CATEGORIES = ("<1H OCEAN", "INLAND", "ISLAND", "NEAR BAY", "NEAR OCEAN")
+# the columns the loader reads, in the real file's order
+CALIFORNIA_COLUMNS = (*_CALIFORNIA_NUMERIC, _CALIFORNIA_TARGET, _CALIFORNIA_CATEGORICAL)
 
 
 def _load_california(arg: str | None, seed: int) -> _Raw:
     assert arg is not None
-    columns = (*_CALIFORNIA_NUMERIC, _CALIFORNIA_TARGET, _CALIFORNIA_CATEGORICAL)
+    columns = CALIFORNIA_COLUMNS
     expected = f"the California housing CSV with header {','.join(columns)}"
     path, header, rows = _read_csv(arg, "california", expected)
     missing_cols = [c for c in columns if c not in header]
@@ -270,7 +272,9 @@ def _load_csv(arg: str | None, seed: int) -> _Raw:
     )
 
 
-def _csv_files(arg: str) -> list[Path]:
+def _csv_files(arg: str | None) -> list[Path]:
+    if arg is None:
+        return []
     path = Path(_split_query(arg)[0]).expanduser()
     return [path] if path.is_file() else []
 
