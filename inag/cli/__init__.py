@@ -1,10 +1,10 @@
 """The ``inag`` command line: the app, its entry point, and the command modules it registers.
 
 Each command group lives in its own module (``platforms``, ``spaces``, ``cost``, ``datasets``,
-``nagan``, ``selection``, ``export``, ``baseline``, ``measure``, ``sweep``) with a
-``register(app)``; the CLI is the only package that prints. Heavy packages (torch, TVM,
-onnxruntime) are imported inside the commands that need them, so ``inag platforms list`` starts
-fast.
+``nagan``, ``selection``, ``export``, ``baseline``, ``measure``, ``sweep``) that names its
+``COMMANDS`` (name: function) and ``GROUPS`` (name: sub-app); they are registered here in that
+order. The CLI is the only package that prints. Heavy packages (torch, TVM, onnxruntime) are
+imported inside the commands that need them, so ``inag platforms list`` starts fast.
 """
 
 from __future__ import annotations
@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"inag.cli.{_name}").register(app)
+    _module = importlib.import_module(f"inag.cli.{_name}")
+    for _group, _sub in getattr(_module, "GROUPS", {}).items():
+        app.add_typer(_sub, name=_group)
+    for _command, _func in getattr(_module, "COMMANDS", {}).items():
+        app.command(_command)(_func)
 
 if __name__ == "__main__":
     sys.exit(main())

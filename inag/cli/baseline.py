@@ -1,6 +1,6 @@
 """``inag baseline``: the paper's GA / Bayesian-optimization baselines (section 5.2, Table 3).
 
-Kept out of ``inag/cli/__init__.py``, which registers it through :func:`register`. Heavy packages
+Kept out of ``inag/cli/__init__.py``, which registers its ``COMMANDS``. Heavy packages
 (torch, Optuna) load inside the command. Bad input and a search that finds nothing within the
 limits raise :class:`inag.cli.options.CliError`: one paragraph on stderr, exit code 2. (No
 ``click`` import: typer >= 0.29 vendors its own click and no longer installs the real one.)
@@ -15,19 +15,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inag.cli.options import (
-    CliError,
-    limit_overrides,
-    with_limit_options,
-)
+from inag.cli.options import CliError, PlatformOption, limit_overrides, with_limit_options
 
 if TYPE_CHECKING:
     from inag.select.baselines import BaselineResult, Evaluator
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``inag baseline`` to ``app``."""
-    app.command("baseline")(baseline)
 
 
 @with_limit_options
@@ -39,9 +30,7 @@ def baseline(
         str | None,
         typer.Option(help="Task spec (data_a, digits, ...); default: the --db's or --model's."),
     ] = None,
-    platform: Annotated[
-        str, typer.Option("--platform", "-p", help="Platform YAML or bundled name.")
-    ] = "bitfusion",
+    platform: PlatformOption = "bitfusion",
     budget_evals: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many evaluated architectures.")
     ] = None,
@@ -280,3 +269,6 @@ def _console(stderr: bool = False) -> Any:
     if not con.is_terminal:
         con.width = max(con.width, 140)
     return con
+
+
+COMMANDS = {"baseline": baseline}

@@ -8,9 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from inag.cli.options import (
-    CliError,
-)
+from inag.cli.options import CliError
 
 
 def console(stderr: bool = False) -> Any:

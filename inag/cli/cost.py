@@ -7,22 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inag.cli.common import (
-    console,
-)
-from inag.cli.options import (
-    CliError,
-    read_arch_source,
-)
+from inag.cli.common import console
+from inag.cli.options import CliError, PlatformOption, read_arch_source
 
 if TYPE_CHECKING:
     from hwmodels.costing import CostResult
     from inag.arch import ArchSpec
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``cost`` to ``app``."""
-    app.command()(cost)
 
 
 def _read_archs(source: str) -> list[ArchSpec]:
@@ -52,9 +42,7 @@ def cost(
             help="Architecture JSON: a file, JSON lines, '-' for stdin, or inline JSON."
         ),
     ],
-    platform: Annotated[
-        str, typer.Option("--platform", "-p", help="Platform YAML path or bundled name.")
-    ] = "cortex_m",
+    platform: PlatformOption = "cortex_m",
     space: Annotated[
         str | None,
         typer.Option(
@@ -222,3 +210,6 @@ def _print_graph(coster: Any, arch: ArchSpec) -> None:
             line += f"  MACs {n['macs']:,}  W {n['weights']:,}  F {n['fmap']:,}"
             line += "".join(f"  {k[5:]}={n[k]:.4g}" for k in keys)
         typer.echo(line)
+
+
+COMMANDS = {"cost": cost}

@@ -10,22 +10,12 @@ from typing import Annotated, Any
 
 import typer
 
-from inag.cli.common import (
-    console,
-)
-from inag.cli.options import (
-    CliError,
-)
+from inag.cli.common import console
+from inag.cli.options import CliError
 
 dataset_app = typer.Typer(
     help="Inspect and export dataset files made by `inag sample`.", no_args_is_help=True
 )
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``sample`` and ``inag dataset ...`` to ``app``."""
-    app.command()(sample)
-    app.add_typer(dataset_app, name="dataset")
 
 
 def _task_forms() -> list[str]:
@@ -257,3 +247,7 @@ def _check_db_out(db: Path) -> None:
             check_dataset_file(db, allow_empty=True)
         except DatasetError as exc:
             raise CliError(str(exc)) from None
+
+
+GROUPS = {"dataset": dataset_app}
+COMMANDS = {"sample": sample}

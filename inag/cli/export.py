@@ -1,6 +1,6 @@
 """CLI commands of the deployment path: ``inag train-net`` and ``inag export``.
 
-Kept out of ``inag/cli/__init__.py`` (which registers them through :func:`register`) so the export
+Kept out of ``inag/cli/__init__.py`` (which registers its ``COMMANDS``) so the export
 toolchain can evolve on its own. Heavy packages (torch, onnx, TVM) load inside the commands.
 Known failures are raised as ``export.errors.ExportError``, which the CLI turns into one
 paragraph on stderr and exit code 2.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inag.cli.options import read_arch_source
+from inag.cli.options import PlatformOption, read_arch_source
 
 if TYPE_CHECKING:
     from export.qnet import QuantizedNet
@@ -171,105 +171,99 @@ def predicted_costs(arch: ArchSpec, platform: Platform) -> dict[str, Any]:
     return out
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``train-net`` and ``export`` to the main ``inag`` app."""
+def train_net_cmd(
+    arch: Annotated[
+        str,
+        typer.Argument(
+            help="Architecture: JSON file, inline JSON, '-' for stdin, or SELECT.json#RANK "
+            "(a JSON of `inag select --json`, 1-based rank)."
+        ),
+    ],
+    task: Annotated[str, typer.Option(help="Task spec, e.g. data_a, digits, mnist:DIR.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Net file to write.")],
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of data split and initialization.")] = 0,
+    lr: Annotated[float, typer.Option(min=1e-8, help="Adam learning rate.")] = 1e-2,
+) -> None:
+    """Final QAT training of one chosen network; writes a safetensors net file."""
+    a = read_arch(arch)
+    typer.echo(f"training {a.summary()} ({a.arch_id}) on {task}, {epochs} epochs", err=True)
+    path, summary = train_net(a, task, epochs, seed, lr, out)
+    typer.echo(
+        f"wrote {path}\n  QAT performance {summary['qat_performance']:.4f}, integer model "
+        f"{summary['integer_performance']:.4f} (gap "
+        f"{summary['integer_performance'] - summary['qat_performance']:+.4f})"
+    )
 
-    @app.command("train-net")
-    def train_net_cmd(
-        arch: Annotated[
-            str,
-            typer.Argument(
-                help="Architecture: JSON file, inline JSON, '-' for stdin, or SELECT.json#RANK "
-                "(a JSON of `inag select --json`, 1-based rank)."
-            ),
-        ],
-        task: Annotated[str, typer.Option(help="Task spec, e.g. data_a, digits, mnist:DIR.")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Net file to write.")],
-        epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 100,
-        seed: Annotated[int, typer.Option(help="Seed of data split and initialization.")] = 0,
-        lr: Annotated[float, typer.Option(min=1e-8, help="Adam learning rate.")] = 1e-2,
-    ) -> None:
-        """Final QAT training of one chosen network; writes a safetensors net file."""
+
+def export_cmd(
+    target: Annotated[
+        str,
+        typer.Option(
+            help="Artifact kind: onnx, tvm, c, or a plug-in target (entry-point group "
+            "inag.export_targets)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    net: Annotated[
+        str | None,
+        typer.Option(help="Net file of `inag train-net` (or SELECT.json#RANK with --task)."),
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(help="Train this architecture first (JSON or SELECT.json#RANK)."),
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Task to train on (with --arch).")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs when training first.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed when training first.")] = 0,
+    platform: PlatformOption = "host_cpu",
+    measure: Annotated[
+        bool, typer.Option(help="TVM: measure latency where the platform says (local/RPC).")
+    ] = False,
+    no_check: Annotated[
+        bool, typer.Option("--no-check", help="Skip the bit-exact self-check.")
+    ] = False,
+) -> None:
+    """Export a trained network as integer-only ONNX, a TVM library, or standalone C."""
+    from export.artifacts import export_artifacts, prepare_out_dir
+    from export.qnet import QuantizedNet
+    from export.targets import available_targets
+    from inag.platform import load_platform
+
+    targets = available_targets()
+    if target not in targets:
+        raise _err(f"--target: {target!r} is not a target; choose one of {', '.join(targets)}")
+    if net is not None and _SELECT_RE.match(net) and arch is None:
+        arch, net = net, None
+    if (net is None) == (arch is None):
+        raise _err("give exactly one of --net (a net file) and --arch (train first)")
+    plat = load_platform(platform)
+    extra: dict[str, Path] = {}
+    if arch is not None:
+        if task is None:
+            raise _err("--arch needs --task (the task to train it on)")
         a = read_arch(arch)
-        typer.echo(f"training {a.summary()} ({a.arch_id}) on {task}, {epochs} epochs", err=True)
-        path, summary = train_net(a, task, epochs, seed, lr, out)
+        out_dir = prepare_out_dir(out)
+        net_path = out_dir / f"inag_{a.arch_id}.safetensors"
+        typer.echo(f"training {a.summary()} on {task} first ({epochs} epochs)", err=True)
+        net_path, summary = train_net(a, task, epochs, seed, 1e-2, net_path)
         typer.echo(
-            f"wrote {path}\n  QAT performance {summary['qat_performance']:.4f}, integer model "
-            f"{summary['integer_performance']:.4f} (gap "
-            f"{summary['integer_performance'] - summary['qat_performance']:+.4f})"
+            f"  QAT {summary['qat_performance']:.4f}, integer "
+            f"{summary['integer_performance']:.4f}",
+            err=True,
         )
-
-    @app.command("export")
-    def export_cmd(
-        target: Annotated[
-            str,
-            typer.Option(
-                help="Artifact kind: onnx, tvm, c, or a plug-in target (entry-point group "
-                "inag.export_targets)."
-            ),
-        ],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
-        net: Annotated[
-            str | None,
-            typer.Option(help="Net file of `inag train-net` (or SELECT.json#RANK with --task)."),
-        ] = None,
-        arch: Annotated[
-            str | None,
-            typer.Option(help="Train this architecture first (JSON or SELECT.json#RANK)."),
-        ] = None,
-        task: Annotated[str | None, typer.Option(help="Task to train on (with --arch).")] = None,
-        epochs: Annotated[int, typer.Option(min=1, help="Epochs when training first.")] = 100,
-        seed: Annotated[int, typer.Option(help="Seed when training first.")] = 0,
-        platform: Annotated[
-            str, typer.Option("--platform", "-p", help="Platform YAML path or bundled name.")
-        ] = "host_cpu",
-        measure: Annotated[
-            bool, typer.Option(help="TVM: measure latency where the platform says (local/RPC).")
-        ] = False,
-        no_check: Annotated[
-            bool, typer.Option("--no-check", help="Skip the bit-exact self-check.")
-        ] = False,
-    ) -> None:
-        """Export a trained network as integer-only ONNX, a TVM library, or standalone C."""
-        from export.artifacts import export_artifacts, prepare_out_dir
-        from export.qnet import QuantizedNet
-        from export.targets import available_targets
-        from inag.platform import load_platform
-
-        targets = available_targets()
-        if target not in targets:
-            raise _err(f"--target: {target!r} is not a target; choose one of {', '.join(targets)}")
-        if net is not None and _SELECT_RE.match(net) and arch is None:
-            arch, net = net, None
-        if (net is None) == (arch is None):
-            raise _err("give exactly one of --net (a net file) and --arch (train first)")
-        plat = load_platform(platform)
-        extra: dict[str, Path] = {}
-        if arch is not None:
-            if task is None:
-                raise _err("--arch needs --task (the task to train it on)")
-            a = read_arch(arch)
-            out_dir = prepare_out_dir(out)
-            net_path = out_dir / f"inag_{a.arch_id}.safetensors"
-            typer.echo(f"training {a.summary()} on {task} first ({epochs} epochs)", err=True)
-            net_path, summary = train_net(a, task, epochs, seed, 1e-2, net_path)
-            typer.echo(
-                f"  QAT {summary['qat_performance']:.4f}, integer "
-                f"{summary['integer_performance']:.4f}",
-                err=True,
-            )
-            extra["net"] = net_path
-        else:
-            assert net is not None
-            net_path = Path(net)
-        qnet: QuantizedNet = QuantizedNet.load(net_path)
-        costs = predicted_costs(qnet.arch, plat)
-        manifest = export_artifacts(
-            qnet, target, out, plat, costs, self_check=not no_check, extra_files=extra
-        )
-        if measure:
-            _measure_into(manifest, Path(out), qnet, plat)
-        _print_summary(manifest, Path(out))
+        extra["net"] = net_path
+    else:
+        assert net is not None
+        net_path = Path(net)
+    qnet: QuantizedNet = QuantizedNet.load(net_path)
+    costs = predicted_costs(qnet.arch, plat)
+    manifest = export_artifacts(
+        qnet, target, out, plat, costs, self_check=not no_check, extra_files=extra
+    )
+    if measure:
+        _measure_into(manifest, Path(out), qnet, plat)
+    _print_summary(manifest, Path(out))
 
 
 def _measure_into(manifest: dict[str, Any], out: Path, qnet: QuantizedNet, plat: Any) -> None:
@@ -320,3 +314,6 @@ def _print_summary(manifest: dict[str, Any], out: Path) -> None:
         typer.echo(
             f"  measured ({m['where']}): median {m['median_s'] * 1e6:.1f} us per batch-1 run"
         )
+
+
+COMMANDS = {"train-net": train_net_cmd, "export": export_cmd}

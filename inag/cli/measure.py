@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from inag.cli.common import console
-from inag.cli.options import CliError
+from inag.cli.options import CliError, PlatformOption
 from inag.safe_io import check_writable
 
 if TYPE_CHECKING:
@@ -36,11 +36,6 @@ measure_app = typer.Typer(
     "into an SQLite store, and inspect the store.",
     no_args_is_help=True,
 )
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(measure_app, name="measure")
-    app.command("calibrate")(calibrate)
 
 
 # ---------------------------------------------------------------------------- measure run
@@ -96,9 +91,7 @@ def measure_run(
             help="An export directory, SELECT.json#RANK, or arch JSON; or use --space."
         ),
     ] = None,
-    platform: Annotated[
-        str, typer.Option("--platform", "-p", help="Platform YAML or bundled name.")
-    ] = "host_cpu",
+    platform: PlatformOption = "host_cpu",
     runtime: Annotated[
         str | None,
         typer.Option(help="tvm, onnxruntime, c, qemu or serial (default: the platform's)."),
@@ -618,3 +611,7 @@ def _print_fit(result: Any, dev: str, rt: str, origin: str, out: Path, png: Path
     con.print(f"wrote {out} and {png}")
     if n:
         con.print(f"held-out within ±10 %: {k} of {n} ({100 * k / n:.0f} %)")
+
+
+GROUPS = {"measure": measure_app}
+COMMANDS = {"calibrate": calibrate}

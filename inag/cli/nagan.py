@@ -19,16 +19,7 @@ from inag.cli.common import (
     stage_progress,
     target_condition,
 )
-from inag.cli.options import (
-    CliError,
-)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``train``, ``generate``, ``evaluate`` to ``app``."""
-    app.command()(train)
-    app.command()(generate)
-    app.command()(evaluate)
+from inag.cli.options import CliError
 
 
 def train(
@@ -340,3 +331,6 @@ def _int_list_option(text: str, option: str) -> list[int]:
     if any(v < 1 for v in vals):
         raise CliError(f"{option} expects positive integers, found {text!r}")
     return vals
+
+
+COMMANDS = {"train": train, "generate": generate, "evaluate": evaluate}

@@ -29,6 +29,12 @@ def _limit_option(option: str) -> Any:
     raise KeyError(option)
 
 
+# `--platform/-p` of every command that costs on one platform (select takes several)
+PlatformOption = Annotated[
+    str, typer.Option("--platform", "-p", help="Platform YAML path or bundled name.")
+]
+
+
 def with_limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command that takes ``**limits`` one option per budget quantity.
 

@@ -8,18 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from inag.cli.common import (
-    console,
-)
+from inag.cli.common import console
 
 platforms_app = typer.Typer(
     help="List, show and validate platform descriptors.", no_args_is_help=True
 )
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``inag platforms ...`` to ``app``."""
-    app.add_typer(platforms_app, name="platforms")
 
 
 @platforms_app.command("list")
@@ -194,3 +187,6 @@ def platforms_detect(
         f"wrote {out} ({p.name}: {p.capability.cpu}, {p.capability.isa}, "
         f"target {json.dumps(p.measure.tvm_target)})"
     )
+
+
+GROUPS = {"platforms": platforms_app}

@@ -10,22 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from inag.cli.common import (
-    check_bag_size,
-    console,
-    load_model,
-    target_condition,
-)
-from inag.cli.options import (
-    CliError,
-    limit_overrides,
-    with_limit_options,
-)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``select`` to ``app``."""
-    app.command()(select)
+from inag.cli.common import check_bag_size, console, load_model, target_condition
+from inag.cli.options import CliError, limit_overrides, with_limit_options
 
 
 def default_model_path() -> Path:
@@ -297,3 +283,6 @@ def _check_unique_platforms(plats: list[Any], given: list[str]) -> None:
                 "are reported by name, so give each platform file its own `name:`"
             )
         seen[p.name] = arg
+
+
+COMMANDS = {"select": select}

@@ -6,22 +6,12 @@ from typing import Annotated, Any
 
 import typer
 
-from inag.cli.common import (
-    human_bytes,
-    load_space,
-)
-from inag.cli.options import (
-    CliError,
-)
+from inag.cli.common import human_bytes, load_space
+from inag.cli.options import CliError
 
 space_app = typer.Typer(
     help="Search spaces: sample architectures, show sizes.", no_args_is_help=True
 )
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``inag space ...`` to ``app``."""
-    app.add_typer(space_app, name="space")
 
 
 @space_app.command("sample")
@@ -97,3 +87,6 @@ def _sci(n: int) -> str:
     if len(digits) < 300:
         return f"{n:.2e}"
     return f"{digits[0]}.{digits[1:3]}e+{len(digits) - 1}"
+
+
+GROUPS = {"space": space_app}

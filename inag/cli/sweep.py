@@ -1,6 +1,6 @@
 """``inag sweep``: the paper's Fig. 4b, a Pareto sweep over the condition.
 
-Kept out of ``inag/cli/__init__.py``, which registers it through :func:`register`. The work is in
+Kept out of ``inag/cli/__init__.py``, which registers its ``COMMANDS``. The work is in
 :mod:`inag.select.sweep` (no printing there); this module checks the input, shows the progress and
 prints the summary. Bad input raises :class:`inag.cli.options.CliError`: one paragraph on
 stderr, exit code 2.
@@ -14,16 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from inag.cli.options import (
-    CliError,
-    limit_overrides,
-    with_limit_options,
-)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``inag sweep`` to ``app``."""
-    app.command("sweep")(sweep)
+from inag.cli.options import CliError, PlatformOption, limit_overrides, with_limit_options
 
 
 @with_limit_options
@@ -35,9 +26,7 @@ def sweep(
         str,
         typer.Option(help="NAGAN artifact, or a bundled generator by name: data_a, digits."),
     ] = "data_a",
-    platform: Annotated[
-        str, typer.Option("--platform", "-p", help="Platform YAML or bundled name.")
-    ] = "bitfusion",
+    platform: PlatformOption = "bitfusion",
     start: Annotated[float, typer.Option("--from", help="First condition c (in [0, 1]).")] = 0.0,
     stop: Annotated[float, typer.Option("--to", help="Last condition c (in [0, 1]).")] = 1.0,
     step: Annotated[float, typer.Option(help="Distance between conditions.")] = 0.05,
@@ -197,3 +186,6 @@ def _run(
                     f"{y}'s dominates {f[f'{y}_covers_{x}']:.0%} of {x}'s"
                 )
     typer.echo(f"wrote {', '.join(str(out / f) for f in files)}")
+
+
+COMMANDS = {"sweep": sweep}
