@@ -35,22 +35,8 @@ SIZES: dict[str, ArchSpec] = {
     "medium MLP": ArchSpec(
         "mlp", (64,), 10, (LayerSpec(256, 8), LayerSpec(128, 4), LayerSpec(64, 6))
     ),
-    "large MLP": ArchSpec(
-        "mlp",
-        (784,),
-        10,
-        (LayerSpec(1024, 8), LayerSpec(512, 6), LayerSpec(256, 4), LayerSpec(128, 8)),
-    ),
-    "CNN 1x16x16": ArchSpec(
-        "cnn",
-        (1, 16, 16),
-        10,
-        (
-            LayerSpec(16, 8, "conv", kernel=3, pool=2),
-            LayerSpec(32, 6, "conv", kernel=3, pool=2),
-            LayerSpec(64, 4),
-        ),
-    ),
+    "large MLP": ArchSpec.from_summary("1024@8-512@6-256@4-128@8 | head@8", (784,), 10),
+    "CNN 1x16x16": ArchSpec.from_summary("c16k3p2@8-c32k3p2@6-64@4 | head@8", (1, 16, 16), 10),
 }
 
 

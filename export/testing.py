@@ -43,16 +43,7 @@ def conformance_nets(seed: int = 0) -> list[QuantizedNet]:
     archs = [
         ArchSpec("mlp", (5,), 3, (LayerSpec(16, 3), LayerSpec(8, 8)), output_bits=5),
         ArchSpec("mlp", (2, 4, 4), 4, (LayerSpec(12, 2), LayerSpec(7, 6), LayerSpec(9, 4))),
-        ArchSpec(
-            "cnn",
-            (1, 8, 8),
-            10,
-            (
-                LayerSpec(4, 7, "conv", kernel=3, pool=2),
-                LayerSpec(6, 4, "conv", kernel=1),
-                LayerSpec(12, 5),
-            ),
-        ),  # fmt: skip
+        ArchSpec.from_summary("c4k3p2@7-c6k1@4-12@5 | head@8", (1, 8, 8), 10),
         ArchSpec(
             "cnn", (3, 9, 7), 2, (LayerSpec(5, 2, "conv", kernel=5, stride=2),), output_bits=3
         ),

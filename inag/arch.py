@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -223,6 +224,39 @@ class ArchSpec:
             else:
                 parts.append(f"{layer.width}@{layer.bits}")
         return "-".join(parts) + f" | head@{self.output_bits}"
+
+    @staticmethod
+    def from_summary(text: str, input_shape: tuple[int, ...], output_size: int) -> ArchSpec:
+        """The inverse of :meth:`summary` for a given input and output size, so a network can
+        be written in one line, e.g. ``c6k3p2@5-c8k5s2@7-12@4 | head@8`` (a cnn if it has a
+        conv layer)."""
+        body, sep, head = text.partition("|")
+        m_head = _HEAD_RE.fullmatch(head.strip()) if sep else None
+        if m_head is None:
+            raise ArchError(
+                f"summary {text!r}: expected LAYERS | head@BITS, e.g. 16@8-8@4 | head@8"
+            )
+        layers = []
+        for i, part in enumerate(body.strip().split("-")):
+            m = _LAYER_RE.fullmatch(part.strip())
+            if m is None or (m[1] is None and any(m.groups()[2:5])):
+                raise ArchError(
+                    f"summary {text!r}, layer {i}: {part.strip()!r} is neither WIDTH@BITS (dense) "
+                    "nor cWIDTHkK[sS][pP]@BITS (conv)"
+                )
+            conv, width, k, s, p, bits = m.groups()
+            if conv:
+                layers.append(
+                    LayerSpec(int(width), int(bits), "conv", int(k or 1), int(s or 1), int(p or 1))
+                )
+            else:
+                layers.append(LayerSpec(int(width), int(bits)))
+        kind = "cnn" if any(layer.kind == "conv" for layer in layers) else "mlp"
+        return ArchSpec(kind, tuple(input_shape), output_size, tuple(layers), int(m_head[1]))
+
+
+_LAYER_RE = re.compile(r"(c)?(\d+)(?:k(\d+))?(?:s(\d+))?(?:p(\d+))?@(\d+)")
+_HEAD_RE = re.compile(r"head@(\d+)")
 
 
 def conv_out_hw(h: int, w: int, layer: LayerSpec) -> tuple[int, int]:

@@ -24,26 +24,12 @@ def small_mlp() -> ArchSpec:
 
 def small_cnn() -> ArchSpec:
     """(1, 8, 8) -> conv 4ch k3 pool2 @8 -> conv 8ch k3 @4 -> dense 16@6 -> head 10@8."""
-    return ArchSpec(
-        "cnn",
-        (1, 8, 8),
-        10,
-        (
-            LayerSpec(4, 8, "conv", kernel=3, pool=2),
-            LayerSpec(8, 4, "conv", kernel=3),
-            LayerSpec(16, 6),
-        ),
-    )
+    return ArchSpec.from_summary("c4k3p2@8-c8k3@4-16@6 | head@8", (1, 8, 8), 10)
 
 
 def mixed_mlp() -> ArchSpec:
     """A bigger mixed-bit MLP bound to the 64-input digits task."""
-    return ArchSpec(
-        "mlp",
-        (64,),
-        10,
-        (LayerSpec(64, 8), LayerSpec(48, 3), LayerSpec(32, 5), LayerSpec(24, 2)),
-    )
+    return ArchSpec.from_summary("64@8-48@3-32@5-24@2 | head@8", (64,), 10)
 
 
 @pytest.fixture(scope="session")

@@ -271,3 +271,25 @@ def test_cnn_feature_map_shrinking_below_1x1():
 def test_layers_must_be_layerspecs():
     with pytest.raises(ArchError, match=r"layers\[0\] must be a LayerSpec, found dict"):
         ArchSpec("mlp", (1,), 1, ({"width": 4, "bits": 4},))  # type: ignore[arg-type]
+
+
+def test_summary_round_trips_over_both_spaces(mlp_space, cnn_space):
+    import numpy as np
+
+    for space in (mlp_space, cnn_space):
+        for a in space.sample_many(np.random.default_rng(5), 200):
+            assert ArchSpec.from_summary(a.summary(), a.input_shape, a.output_size) == a
+
+
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("16@8-8@4", "expected LAYERS | head@BITS"),
+        ("16@8-x@4 | head@8", "layer 1: 'x@4' is neither"),
+        ("16k3@8 | head@8", "layer 0: '16k3@8' is neither"),
+        ("16@9 | head@8", "bits must be in"),
+    ],
+)
+def test_from_summary_names_the_bad_part(text, found):
+    with pytest.raises(ArchError, match=found):
+        ArchSpec.from_summary(text, (4,), 2)

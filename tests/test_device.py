@@ -51,16 +51,7 @@ def big_net() -> QuantizedNet:
 
 
 def cnn_net() -> QuantizedNet:
-    arch = ArchSpec(
-        "cnn",
-        (1, 8, 8),
-        10,
-        (
-            LayerSpec(6, 5, "conv", kernel=3, pool=2),
-            LayerSpec(8, 7, "conv", kernel=5, stride=2),
-            LayerSpec(12, 4),
-        ),
-    )
+    arch = ArchSpec.from_summary("c6k3p2@5-c8k5s2@7-12@4 | head@8", (1, 8, 8), 10)
     return QuantizedNet.random(arch, np.random.default_rng(2))
 
 

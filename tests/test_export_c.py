@@ -29,23 +29,8 @@ needs_qemu = pytest.mark.skipif(
 def archs() -> list[ArchSpec]:
     return [
         ArchSpec("mlp", (6,), 3, (LayerSpec(24, 3), LayerSpec(10, 8), LayerSpec(7, 2))),
-        ArchSpec(
-            "cnn",
-            (1, 8, 8),
-            10,
-            (
-                LayerSpec(6, 5, "conv", kernel=3, pool=2),
-                LayerSpec(8, 7, "conv", kernel=5, stride=2),
-                LayerSpec(12, 4),
-            ),
-        ),
-        ArchSpec(
-            "cnn",
-            (3, 9, 9),
-            4,
-            (LayerSpec(4, 2, "conv", kernel=5, pool=3), LayerSpec(5, 6, "conv", kernel=1)),
-            output_bits=3,
-        ),
+        ArchSpec.from_summary("c6k3p2@5-c8k5s2@7-12@4 | head@8", (1, 8, 8), 10),
+        ArchSpec.from_summary("c4k5p3@2-c5k1@6 | head@3", (3, 9, 9), 4),
     ]
 
 

@@ -35,17 +35,7 @@ INT_TYPES = {
 
 
 def cnn() -> ArchSpec:
-    return ArchSpec(
-        "cnn",
-        (1, 8, 8),
-        10,
-        (
-            LayerSpec(4, 8, "conv", kernel=3, pool=2),
-            LayerSpec(8, 3, "conv", kernel=5, stride=2),
-            LayerSpec(16, 6),
-        ),
-        output_bits=4,
-    )
+    return ArchSpec.from_summary("c4k3p2@8-c8k5s2@3-16@6 | head@4", (1, 8, 8), 10)
 
 
 def mlp() -> ArchSpec:
