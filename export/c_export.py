@@ -498,21 +498,45 @@ SECTIONS
 }
 """
 
+
+def cortex_m_vectors(
+    stack: str, hard_fault: str = "Default_Handler", systick: str = "Default_Handler"
+) -> str:
+    """The 16-entry Cortex-M vector table (ARMv7-M ARM B1.5.2) every firmware here links:
+    the initial stack pointer ``stack``, Reset_Handler, and ``Default_Handler`` (defined
+    with it) except for the handlers named."""
+    h = {"hf": hard_fault, "st": systick, "d": "Default_Handler"}
+    entries = ["d", "hf", "d", "d", "d", 0, 0, 0, 0, "d", "d", 0, "d", "st"]
+    slots = ", ".join("0" if e == 0 else f"(const void *){h[str(e)]}" for e in entries)
+    return (
+        "static void Default_Handler(void) { for (;;) {} }\n"
+        '__attribute__((section(".isr_vector"), used))\n'
+        f"const void *const vector_table[16] = {{\n  &{stack}, (const void *)Reset_Handler, "
+        f"{slots},\n}};\n"
+    )
+
+
+# Reset_Handler of a firmware without libc: copy .data, zero .bss, call main.
+RESET_COPY_DATA = """#include <stdint.h>
+extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
+extern int main(void);
+void Reset_Handler(void)
+{
+  uint32_t *src = &_sidata, *dst = &_sdata;
+  while (dst < &_edata) *dst++ = *src++;
+  for (dst = &_sbss; dst < &_ebss;) *dst++ = 0u;
+  (void)main();
+  for (;;) {}
+}
+"""
+
 QEMU_STARTUP = """/* Minimal vector table for QEMU mps2-an386: newlib's rdimon crt0 (_start)
  * does the rest: zeroes .bss, sets up the heap via semihosting, calls main, exits. */
 #include <stdint.h>
 extern void _start(void);
 extern uint32_t __StackTop;
 void Reset_Handler(void) { _start(); for (;;) {} }
-static void Default_Handler(void) { for (;;) {} }
-__attribute__((section(".isr_vector"), used))
-const void *const vector_table[16] = {
-  &__StackTop, (const void *)Reset_Handler, (const void *)Default_Handler,
-  (const void *)Default_Handler, (const void *)Default_Handler, (const void *)Default_Handler,
-  (const void *)Default_Handler, 0, 0, 0, 0, (const void *)Default_Handler,
-  (const void *)Default_Handler, 0, (const void *)Default_Handler, (const void *)Default_Handler,
-};
-"""
+""" + cortex_m_vectors("__StackTop")
 
 
 def qemu_app(net: QuantizedNet, prefix: str, x_codes: np.ndarray) -> str:
@@ -582,27 +606,11 @@ def run_qemu(elf: Path, net: QuantizedNet, n: int, timeout: float = 300.0) -> np
 
 # Firmware image for flash/RAM figures: no libc at all, a real reset handler (copies .data
 # from flash, zeroes .bss), memories sized from the platform descriptor.
-FIRMWARE_STARTUP = """/* Cortex-M startup for the size build: copy .data, zero .bss, main. */
-#include <stdint.h>
-extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
-extern int main(void);
-void Reset_Handler(void)
-{
-  uint32_t *src = &_sidata, *dst = &_sdata;
-  while (dst < &_edata) *dst++ = *src++;
-  for (dst = &_sbss; dst < &_ebss;) *dst++ = 0u;
-  (void)main();
-  for (;;) {}
-}
-static void Default_Handler(void) { for (;;) {} }
-__attribute__((section(".isr_vector"), used))
-const void *const vector_table[16] = {
-  &_estack, (const void *)Reset_Handler, (const void *)Default_Handler,
-  (const void *)Default_Handler, (const void *)Default_Handler, (const void *)Default_Handler,
-  (const void *)Default_Handler, 0, 0, 0, 0, (const void *)Default_Handler,
-  (const void *)Default_Handler, 0, (const void *)Default_Handler, (const void *)Default_Handler,
-};
-"""
+FIRMWARE_STARTUP = (
+    "/* Cortex-M startup for the size build: copy .data, zero .bss, main. */\n"
+    + RESET_COPY_DATA
+    + cortex_m_vectors("_estack")
+)
 
 
 def firmware_linker(

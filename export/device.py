@@ -124,26 +124,20 @@ QEMU_MPS2_AN386 = Board()
 QEMU_MACHINE = "mps2-an386"
 
 
+# what the harness reports of a run, kept in every measurement record
+_RUN_FIELDS = ("warmup", "repeats", "overhead", "calib", "crc32", "prefix")
+
+
 # ---------------------------------------------------------------------------- firmware sources
-FW_STARTUP = """/* inag measurement firmware startup (Cortex-M, bare metal): copy .data, zero .bss,
+FW_STARTUP = (
+    """/* inag measurement firmware startup (Cortex-M, bare metal): copy .data, zero .bss,
  * call main. HardFault is caught: while the harness probes the DWT a faulting access is
  * skipped (a core without DWT falls back to SysTick); any other fault is reported. */
-#include <stdint.h>
-extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
-extern int main(void);
-void Reset_Handler(void);
-void HardFault_Handler(void);
+"""
+    + c_export.RESET_COPY_DATA
+    + """void HardFault_Handler(void);
 void SysTick_Handler(void);
 void inag_fault(uint32_t *frame);
-
-void Reset_Handler(void)
-{
-  uint32_t *src = &_sidata, *dst = &_sdata;
-  while (dst < &_edata) *dst++ = *src++;
-  for (dst = &_sbss; dst < &_ebss;) *dst++ = 0u;
-  (void)main();
-  for (;;) {}
-}
 
 __attribute__((naked)) void HardFault_Handler(void)
 {
@@ -155,17 +149,9 @@ __attribute__((naked)) void HardFault_Handler(void)
     "b inag_fault\\n\\t");
 }
 
-static void Default_Handler(void) { for (;;) {} }
-
-__attribute__((section(".isr_vector"), used))
-const void *const vector_table[16] = {
-  &_estack, (const void *)Reset_Handler, (const void *)Default_Handler,
-  (const void *)HardFault_Handler, (const void *)Default_Handler,
-  (const void *)Default_Handler, (const void *)Default_Handler, 0, 0, 0, 0,
-  (const void *)Default_Handler, (const void *)Default_Handler, 0,
-  (const void *)Default_Handler, (const void *)SysTick_Handler,
-};
 """
+    + c_export.cortex_m_vectors("_estack", "HardFault_Handler", "SysTick_Handler")
+)
 
 FW_HARNESS = """/* inag measurement harness for @PREFIX@ (Cortex-M, bare metal: no libc, no
  * semihosting, no heap). Protocol, one line each, over the UART:
@@ -892,12 +878,7 @@ def measure_serial(
             "counter": rep["counter"],
             "clock_hz": rep["clock_hz"],
             "median_s": out["median"] / rep["clock_hz"] if rep["clock_hz"] else None,
-            "warmup": rep["warmup"],
-            "repeats": rep["repeats"],
-            "overhead": rep["overhead"],
-            "calib": rep["calib"],
-            "crc32": rep["crc32"],
-            "prefix": rep["prefix"],
+            **{k: rep[k] for k in _RUN_FIELDS},
             **check,
         }
     )
@@ -993,12 +974,7 @@ def measure_qemu(
     out.update(
         {
             "counts": counts,
-            "warmup": rep["warmup"],
-            "repeats": rep["repeats"],
-            "overhead": rep["overhead"],
-            "calib": rep["calib"],
-            "crc32": rep["crc32"],
-            "prefix": rep["prefix"],
+            **{k: rep[k] for k in _RUN_FIELDS},
             **check,
             "sizes": fw["sizes"],
             "model_sizes": fw["model_sizes"],

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import ExportError
+from export.errors import ExportError, optional_module
 from export.qnet import INPUT_QMAX, QuantizedNet
 
 OPSET = 21
@@ -37,11 +37,7 @@ SCHEME = "jacob2017-symmetric-int-v1"
 
 
 def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ExportError("the ONNX export needs onnx: pip install 'inag[onnx]'") from exc
-    return onnx
+    return optional_module("onnx", "the ONNX export", "onnx")
 
 
 def build_onnx(net: QuantizedNet) -> Any:

@@ -19,24 +19,21 @@ refused with a pointer to the standalone C export.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.errors import ExportError
+from export.errors import ExportError, optional_module
 from export.qnet import INPUT_QMAX, QuantizedNet
 
 BARE_METAL_RUNTIMES = ("c_standalone",)
 
 
 def _tvm() -> Any:
-    try:
-        import tvm
-        from tvm import relax  # noqa: F401
-    except ImportError as exc:
-        raise ExportError("the TVM export needs apache-tvm: pip install 'inag[tvm]'") from exc
-    return tvm
+    optional_module("tvm.relax", "the TVM export", "tvm", "apache-tvm")
+    return sys.modules["tvm"]
 
 
 def build_relax(net: QuantizedNet) -> Any:

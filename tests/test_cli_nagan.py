@@ -204,17 +204,24 @@ def test_generate_to_a_file(
 
 
 @pytest.mark.parametrize(
-    "args, needle",
+    "command, args, needle",
     [
-        ((), "give exactly one of --condition"),
-        (("--condition", "0.5", "--perf", "0.3"), "give exactly one of --condition"),
-        (("--condition", "7"), "far outside the model's range"),
+        ("generate", (), "give exactly one of --condition"),
+        ("generate", ("--condition", "0.5", "--perf", "0.3"), "give exactly one of --condition"),
+        ("generate", ("--condition", "7"), "far outside the model's range"),
+        ("select", ("--perf", "0.3", "--condition", "0.5"), "give at most one of --perf"),
+        ("select", ("--rank-by", "size"), "unknown ranking 'size'"),
+        ("select", ("--platform", "no_such_platform"), "no platform 'no_such_platform'"),
     ],
 )
-def test_generate_condition_errors(
-    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, args: tuple, needle: str
+def test_generate_and_select_argument_errors(
+    capsys: pytest.CaptureFixture[str],
+    tiny_model_path: Path,
+    command: str,
+    args: tuple,
+    needle: str,
 ) -> None:
-    code, out, err = run(capsys, "generate", "--model", tiny_model_path, "-n", "5", *args)
+    code, out, err = run(capsys, command, "--model", tiny_model_path, "-n", "5", *args)
     assert code == 2
     assert out == ""
     assert_one_paragraph_error(err, needle)
@@ -424,22 +431,6 @@ def test_select_one_impossible_platform_does_not_hide_the_others(
     assert good["selected"] and "failure" not in good
     assert data["selected"] == good["selected"]
     assert "loose_m" in out and "impossible: nothing fits" in out
-
-
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (("--perf", "0.3", "--condition", "0.5"), "give at most one of --perf"),
-        (("--rank-by", "size"), "unknown ranking 'size'"),
-        (("--platform", "no_such_platform"), "no platform 'no_such_platform'"),
-    ],
-)
-def test_select_argument_errors(
-    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, args: tuple, needle: str
-) -> None:
-    code, _, err = run(capsys, "select", "--model", tiny_model_path, "-n", "100", *args)
-    assert code == 2
-    assert_one_paragraph_error(err, needle)
 
 
 def test_select_with_an_artifact_from_a_tampered_file(

@@ -1045,25 +1045,12 @@ def test_tampered_kernel_in_a_cache_we_cannot_fix_is_refused(
 # ---------------------------------------------------------------------------- generate -n streams
 def _bag_in_one_piece(model: str, c: float, n: int, seed: int) -> str:
     """What `generate` wrote before it streamed: the whole bag at once."""
+    from inag.cli.nagan import bag_lines
     from inag.nagan import load_model
 
     m = load_model(model)
     bag = m.generate(c, n, seed=seed)
-    est = m.estimate(bag)
-    return "".join(
-        json.dumps(
-            {
-                "arch_id": a.arch_id,
-                "arch": a.to_dict(),
-                "condition": c,
-                "estimate_c": float(e),
-                "estimate_perf": float(m.denormalize(e)),
-                "dist_f": float(abs(e - c)),
-            }
-        )
-        + "\n"
-        for a, e in zip(bag, est, strict=True)
-    )
+    return bag_lines(m, bag, m.estimate(bag), c)
 
 
 @pytest.mark.parametrize(

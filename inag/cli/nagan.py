@@ -139,20 +139,7 @@ def generate(
         for bag in m.generate_chunks(c, n, seed=seed, chunk=GENERATE_CHUNK):
             est = m.estimate(bag)
             dist_sum += float(abs(est - c).sum())
-            lines = "".join(
-                json.dumps(
-                    {
-                        "arch_id": a.arch_id,
-                        "arch": a.to_dict(),
-                        "condition": c,
-                        "estimate_c": float(e),
-                        "estimate_perf": float(m.denormalize(e)),
-                        "dist_f": float(abs(e - c)),
-                    }
-                )
-                + "\n"
-                for a, e in zip(bag, est, strict=True)
-            )
+            lines = bag_lines(m, bag, est, c)
             if write:
                 write(lines)
             else:
@@ -308,6 +295,24 @@ GENERATE_BYTES_PER_LINE = 424
 
 
 MAX_TRACKED_UNIQUE = 250_000  # distinct arch ids counted for the summary line (~25 MB)
+
+
+def bag_lines(m: Any, bag: list[Any], est: Any, c: float) -> str:
+    """The JSON lines `generate` writes for a bag and its estimates (one record per arch)."""
+    return "".join(
+        json.dumps(
+            {
+                "arch_id": a.arch_id,
+                "arch": a.to_dict(),
+                "condition": c,
+                "estimate_c": float(e),
+                "estimate_perf": float(m.denormalize(e)),
+                "dist_f": float(abs(e - c)),
+            }
+        )
+        + "\n"
+        for a, e in zip(bag, est, strict=True)
+    )
 
 
 def _check_generate_size(n: int) -> None:
