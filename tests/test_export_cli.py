@@ -16,6 +16,9 @@ ARCH = ArchSpec("mlp", (1,), 1, (LayerSpec(12, 4), LayerSpec(6, 7)))
 OTHER = ArchSpec("mlp", (1,), 1, (LayerSpec(5, 3),))
 SAFE_NAME = re.compile(r"^(manifest\.json|inag_[0-9a-f]{16}\.(onnx|so|tar|c|h|safetensors))$")
 
+# `inag train-net ARCH` for one epoch on data_a; append the output path
+TRAIN_ONE_EPOCH = ["train-net", ARCH.to_json(), "--task", "data_a", "--epochs", "1", "--out"]
+
 
 @pytest.fixture(scope="module")
 def net_file(tmp_path_factory) -> Path:
@@ -48,21 +51,8 @@ def check_manifest(out: Path, target: str) -> dict:
 
 def test_train_net_reports_both_performances(net_file, capsys):
     assert net_file.is_file()
-    assert (
-        main(
-            [
-                "train-net",
-                ARCH.to_json(),
-                "--task",
-                "data_a",
-                "--epochs",
-                "1",
-                "--out",
-                str(net_file.parent / "b.safetensors"),
-            ]
-        )
-        == 0
-    )
+    out = net_file.parent / "b.safetensors"
+    assert main([*TRAIN_ONE_EPOCH, str(out)]) == 0
     out = capsys.readouterr().out
     assert "QAT performance" in out and "integer model" in out
 
@@ -251,19 +241,8 @@ def test_unwritable_output_dir(net_file, tmp_path, capsys):
         capsys,
     )
     assert "cannot write to output directory" in err
-    err = run_err(
-        [
-            "train-net",
-            ARCH.to_json(),
-            "--task",
-            "data_a",
-            "--epochs",
-            "1",
-            "--out",
-            str(blocker / "n.safetensors"),
-        ],
-        capsys,
-    )
+    out = str(blocker / "n.safetensors")
+    err = run_err([*TRAIN_ONE_EPOCH, out], capsys)
     assert "cannot write to output directory" in err
 
 

@@ -74,6 +74,18 @@ def _stage(
     return lambda i, n: report(name, i, n)
 
 
+def _chosen(c: float, cands: list[ArchSpec], dist: np.ndarray, pick: Sequence[int]) -> tuple:
+    """(condition, picked archs, candidates, distinct candidates, mean Dist_f of all, of picks)."""
+    return (
+        c,
+        [cands[j] for j in pick],
+        len(cands),
+        len({a.arch_id for a in cands}),
+        float(dist.mean()),
+        float(dist[list(pick)].mean()),
+    )
+
+
 def _pick(
     archs: Sequence[ArchSpec], dist: np.ndarray, threshold: float, k: int, rng: np.random.Generator
 ) -> list[int]:
@@ -121,32 +133,14 @@ def evaluate(
         bag = model.generate(c, n_bag, seed=seed * 1000 + i)
         d = model.dist_f(bag, c)
         pick = _pick(bag, d, threshold, k, rng)
-        chosen["nagan"].append(
-            (
-                c,
-                [bag[j] for j in pick],
-                len(bag),
-                len({a.arch_id for a in bag}),
-                float(d.mean()),
-                float(d[pick].mean()),
-            )
-        )
+        chosen["nagan"].append(_chosen(c, bag, d, pick))
         # rejection sampling: uniform candidates kept when the encoder agrees with c
         dp = np.abs(pool_est - c)
         acc = np.flatnonzero(dp <= threshold)[:n_bag]
         cand = [pool[j] for j in acc] if len(acc) else [pool[int(np.argmin(dp))]]
         dc = dp[acc] if len(acc) else dp[[int(np.argmin(dp))]]
         pick = _pick(cand, dc, threshold, k, rng)
-        chosen["rejection"].append(
-            (
-                c,
-                [cand[j] for j in pick],
-                len(cand),
-                len({a.arch_id for a in cand}),
-                float(dc.mean()),
-                float(dc[pick].mean()),
-            )
-        )
+        chosen["rejection"].append(_chosen(c, cand, dc, pick))
     if progress:
         progress(f"training {sum(len(x[1]) for v in chosen.values() for x in v)} nets")
     task = load_task(model.task, seed=data_seed)
