@@ -477,10 +477,15 @@ def test_padded_units_stay_exactly_zero(data_a_small):
 
 
 @ENGINE
-def test_non_mlp_is_refused(data_a_small, engine):
+def test_an_arch_whose_input_does_not_fit_the_task_is_refused(data_a_small, engine):
+    """The engines train MLPs and CNNs (tests/test_trainer_cnn.py); a CNN on data_a's
+    1-value input is refused before any work, naming both shapes."""
     cnn = ArchSpec("cnn", (1, 8, 8), 1, (LayerSpec(4, 8, "conv", kernel=3),))
-    with pytest.raises(ValueError, match="MLP"):
+    with pytest.raises(ValueError, match=r"1x8x8 \(64 values\); task 'data_a' gives 1"):
         BatchedMLPTrainer(data_a_small, CFG, engine=engine).train([cnn])
+    mlp = ArchSpec("mlp", (3,), 1, (LayerSpec(4, 8),))
+    with pytest.raises(ValueError, match="reads inputs of shape 3"):
+        train_single(mlp, data_a_small, CFG)
 
 
 QUALITY_CFG = TrainerConfig(epochs=20, restarts=1)

@@ -10,6 +10,7 @@ output, and the integer model keeps the QAT model's accuracy.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,9 +21,15 @@ from export.qnet import QuantizedNet, save_net_file
 from inag.arch import ArchSpec, LayerSpec
 from inag.space import load_space
 from inag.tasks import load_task, performance
+from inag.train import kernels
 from inag.train.trainer import (
+    BatchedMLPTrainer,
     PlainQATCNN,
     TrainerConfig,
+    _c_unit_row,
+    _c_weight,
+    _to_nhwc,
+    _units,
     train_final,
     train_single,
 )
@@ -185,3 +192,193 @@ def test_trained_cnn_tvm_is_bit_exact(trained, digits, tmp_path):
         x = _codes(net, digits)
         got = tvm_export.run_vm(loaded, x, func=name)
         np.testing.assert_array_equal(got.reshape(len(x), -1), reference.run(net, x))
+
+
+# ============================================================================ batched engines
+ENGINE = pytest.mark.parametrize(
+    "engine",
+    [
+        pytest.param(
+            "c", marks=pytest.mark.skipif(not kernels.available(), reason="no C compiler here")
+        ),
+        "torch",
+    ],
+)
+CFG = TrainerConfig(epochs=3, restarts=1)
+
+
+@pytest.fixture(scope="module")
+def digits_small():
+    return load_task("digits", seed=0, max_train=512)
+
+
+def small_cnns(task, n: int, seed: int) -> list[ArchSpec]:
+    """Sampled CNNs plus the hand-made ones (stride 2, 1x1 conv, pools, dense after conv)."""
+    return [*sample_cnns(task, n, seed), CNN, CNN_STRIDE]
+
+
+@ENGINE
+def test_batched_cnn_matches_plain_reference(digits_small, engine):
+    """Each engine vs the plain autograd loop, net by net (3 epochs: float warm-up, then
+    fake quantization): the same function, up to float summation order."""
+    archs = small_cnns(digits_small, 6, seed=1)
+    batched = BatchedMLPTrainer(digits_small, CFG, engine=engine).train(archs)
+    plain = [train_single(a, digits_small, CFG) for a in archs]
+    assert [r.arch_id for r in batched] == [a.arch_id for a in archs]
+    assert all(r.status == "ok" for r in batched + plain)
+    d = np.array([abs(b.performance - p.performance) for b, p in zip(batched, plain, strict=True)])
+    assert d.mean() <= 5e-3 and d.max() <= 0.02, d
+    for b, p in zip(batched, plain, strict=True):
+        assert b.final_loss == pytest.approx(p.final_loss, rel=2e-3)
+    assert max(r.performance for r in batched) > 0.3  # they learn (chance: 0.1)
+
+
+def test_c_engine_cnn_is_bit_identical_alone_in_a_chunk_and_on_any_thread_count(digits_small):
+    """Each CNN is trained alone by the C kernel (tiles sized by its own shapes), so neither
+    the chunk, the order nor the thread count can move a bit of its result."""
+    if not kernels.available():
+        pytest.skip("no C compiler here")
+    archs = small_cnns(digits_small, 4, seed=2)
+    cfg = TrainerConfig(epochs=2, restarts=2)
+
+    def key(runs):
+        return [runs.test.tolist(), runs.val.tolist(), runs.loss.tolist(), runs.failed]
+
+    ref = BatchedMLPTrainer(digits_small, cfg, engine="c", threads=1).train_runs(archs)
+    two = BatchedMLPTrainer(digits_small, cfg, engine="c", threads=2).train_runs(archs)
+    tr = BatchedMLPTrainer(digits_small, cfg, engine="c")
+    alone = [tr.train_runs([a]) for a in archs[:3]]
+    rev = tr.train_runs(archs[::-1])
+    assert key(two) == key(ref)
+    for i, runs in enumerate(alone):
+        assert runs.test.tolist() == ref.test[2 * i : 2 * i + 2].tolist()
+        assert runs.loss.tolist() == ref.loss[2 * i : 2 * i + 2].tolist()
+    n = len(archs)
+    back = np.arange(2 * n).reshape(n, 2)[::-1].reshape(-1)  # the reversed chunk's run order
+    assert rev.test.tolist() == ref.test[back].tolist()
+    assert rev.loss.tolist() == ref.loss[back].tolist()
+
+
+def test_torch_engine_cnn_is_deterministic_and_composition_independent(digits_small):
+    """Same chunk twice: identical. Alone, or grouped with other restarts / other archs of the
+    same shapes: equal up to float summation order (a grouped conv's algorithm may depend on
+    the group size; on this machine the numbers are in fact identical)."""
+    archs = small_cnns(digits_small, 3, seed=2)
+    same_shape = ArchSpec("cnn", CNN.input_shape, 10, CNN.layers, output_bits=3)  # bits only
+    archs.append(same_shape)
+    cfg = TrainerConfig(epochs=2, restarts=2)
+    tr = BatchedMLPTrainer(digits_small, cfg, engine="torch")
+    first, second = tr.train_runs(archs), tr.train_runs(archs)
+    assert first.test.tolist() == second.test.tolist()
+    assert first.loss.tolist() == second.loss.tolist()
+    alone = np.concatenate([tr.train_runs([a]).test for a in archs])
+    np.testing.assert_allclose(alone, first.test, atol=1e-6)
+    single = BatchedMLPTrainer(digits_small, replace(cfg, restarts=1), engine="torch")
+    single = single.train_runs(archs)
+    np.testing.assert_allclose(single.test, first.test[::2], atol=1e-6)
+
+
+@ENGINE
+def test_cnn_restart_zero_is_the_single_run_and_restarts_differ(digits_small, engine):
+    archs = small_cnns(digits_small, 2, seed=3)
+    cfg3 = TrainerConfig(epochs=2, restarts=3, restart_score="best")
+    tr = BatchedMLPTrainer(digits_small, cfg3, engine=engine)
+    runs = tr.train_runs(archs)
+    single = BatchedMLPTrainer(digits_small, replace(cfg3, restarts=1), engine=engine)
+    one = single.train_runs(archs)
+    test, val = runs.test.reshape(-1, 3), runs.val.reshape(-1, 3)
+    np.testing.assert_allclose(test[:, 0], one.test, atol=1e-6)
+    assert len({tuple(np.round(t, 6)) for t in test}) > 1
+    best = tr.train(archs)
+    for i, r in enumerate(best):
+        assert r.performance == pytest.approx(test[i, int(np.argmax(val[i]))], abs=1e-6)
+    mean = BatchedMLPTrainer(digits_small, replace(cfg3, restart_score="mean"), engine=engine)
+    for i, r in enumerate(mean.train(archs)):
+        assert r.performance == pytest.approx(test[i].mean(), abs=1e-6)
+
+
+@ENGINE
+def test_diverging_cnns_fail_and_the_others_go_on(digits_small, engine):
+    archs = small_cnns(digits_small, 10, seed=4)
+    cfg = TrainerConfig(epochs=2, restarts=1, lr=1e9)  # some blow up, some do not
+    res = BatchedMLPTrainer(digits_small, cfg, engine=engine).train(archs)
+    failed = [r for r in res if r.status == "failed"]
+    ok = [r for r in res if r.status == "ok"]
+    assert failed and ok, [r.status for r in res]
+    for r in failed:
+        assert r.reason.startswith("diverged: non-finite loss at epoch")
+        assert r.performance == 0.0 and np.isnan(r.final_loss)
+    survivors = [a for a, r in zip(archs, res, strict=True) if r.status == "ok"]
+    again = BatchedMLPTrainer(digits_small, cfg, engine=engine).train(survivors)
+    assert [r.performance for r in again] == pytest.approx([r.performance for r in ok], abs=1e-6)
+    # the plain reference agrees on who diverges; at lr 1e9 the C kernels' summation order
+    # may tip a borderline net either way, so most of them, not every one, for that engine
+    plain = [train_single(a, digits_small, cfg) for a in archs]
+    agree = np.mean([p.status == r.status for p, r in zip(plain, res, strict=True)])
+    assert agree >= (0.8 if engine == "c" else 1.0), agree
+
+
+@ENGINE
+def test_a_chunk_may_mix_mlps_and_cnns(digits_small, engine):
+    mlp = ArchSpec("mlp", (64,), 10, (LayerSpec(32, 5), LayerSpec(16, 3)))
+    tr = BatchedMLPTrainer(digits_small, CFG, engine=engine)
+    mixed = tr.train([mlp, CNN_STRIDE, CNN])
+    alone = [tr.train([a])[0] for a in (mlp, CNN_STRIDE, CNN)]
+    assert [r.performance for r in mixed] == pytest.approx(
+        [r.performance for r in alone], abs=1e-6
+    )
+    assert all(r.status == "ok" for r in mixed)
+
+
+@ENGINE
+def test_cnn_on_a_non_image_task_is_refused_by_the_engines(engine):
+    data_a = load_task("data_a", seed=0, max_train=64)
+    with pytest.raises(ValueError, match=r"reads inputs of shape 1x8x8"):
+        BatchedMLPTrainer(data_a, CFG, engine=engine).train([CNN])
+
+
+def test_c_weight_layout_round_trip():
+    """The C kernel's layouts: conv (out, in, k, k) -> (k, k, in) x out; a dense unit after a
+    conv has its rows permuted from (c, h, w) to (h, w, c), matching the NHWC flatten."""
+    units = _units(CNN)
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal(units[0].weight_shape).astype(np.float32)
+    c0 = _c_weight(units[0], w0)
+    assert c0.shape == (9, 8)
+    assert c0[1 * 3 + 2, 5] == w0[5, 0, 1, 2]  # (ky=1, kx=2, ci=0) of output channel 5
+    w2 = rng.standard_normal(units[2].weight_shape).astype(np.float32)
+    c2 = _c_weight(units[2], w2)
+    fmap = rng.standard_normal(units[2].src_shape).astype(np.float32)  # (12, 4, 4)
+    np.testing.assert_allclose(
+        _to_nhwc(fmap.reshape(1, -1), fmap.shape).reshape(-1) @ c2,
+        fmap.reshape(-1) @ w2,
+        rtol=1e-5,
+    )
+    assert _c_unit_row(units[0]) == [1, 8, 8, 8, 3, 1, 1, 8, 8, 2, 4, 4]
+    assert _c_unit_row(units[2]) == [192, 1, 1, 24, 1, 1, 0, 1, 1, 1, 1, 1]
+
+
+# ============================================================================ quality
+QUALITY_CFG = TrainerConfig(epochs=20, restarts=1)
+
+
+@pytest.fixture(scope="module")
+def plain_32(digits):
+    """32 sampled digits CNNs, each trained by the plain one-net loop (computed once)."""
+    archs = sample_cnns(digits, 32, seed=0)
+    return archs, [train_single(a, digits, QUALITY_CFG) for a in archs]
+
+
+@pytest.mark.slow
+@ENGINE
+def test_quality_over_32_sampled_cnns(digits, plain_32, engine):
+    """The issue's criterion: over 32 sampled CNNs on digits (full data, 20 epochs, one
+    initialization), mean |delta accuracy| <= 0.02 between each engine and the plain loop."""
+    archs, plain = plain_32
+    batched = BatchedMLPTrainer(digits, QUALITY_CFG, engine=engine).train(archs)
+    assert [b.status for b in batched] == [p.status for p in plain]
+    d = np.array([abs(b.performance - p.performance) for b, p in zip(batched, plain, strict=True)])
+    print(f"\n{engine}: mean |d acc| {d.mean():.4f}, max {d.max():.4f}")
+    assert d.mean() <= 0.02, (d.mean(), d.max())
+    acc = np.array([p.performance for p in plain])
+    assert acc.min() < 0.7 and acc.max() > 0.95  # the sample spans the range

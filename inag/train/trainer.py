@@ -1,7 +1,8 @@
 """Quantization-aware training of candidate networks: many at once, or one at a time.
 
-The dataset builder trains thousands of small MLPs, where PyTorch's per-op overhead would
-dominate one-at-a-time training. ``BatchedMLPTrainer`` has two engines with the same rules:
+The dataset builder trains thousands of small MLPs and CNNs, where PyTorch's per-op overhead
+would dominate one-at-a-time training. ``BatchedMLPTrainer`` (despite its name, it trains both
+kinds; a chunk may mix them) has two engines with the same rules:
 
 - ``"c"`` (the default where a C compiler exists): ``inag/train/kernels/qat_mlp.c`` trains each
   net alone in one fused call -- register-blocked matmul kernels, the elementwise work done
@@ -13,10 +14,17 @@ dominate one-at-a-time training. ``BatchedMLPTrainer`` has two engines with the 
   Adam run in a handful of ops per layer. A net's result can move by float summation order
   with the chunk's padding grid (docs/dataset.md).
 
+CNNs (conv with 'same' padding and a stride, optional max-pool, flatten, dense layers, the dense
+head): the C engine trains each alone with ``inag/train/kernels/qat_cnn.c`` (im2col onto the
+same register-blocked GEMMs; its docstring says why not a direct convolution); the torch
+engine groups the runs whose units have identical shapes (restarts always do) into one
+grouped-conv model trained with autograd (:class:`_CNNGroup`). The unit shapes come from
+``export.qnet.unit_shapes``, the exporters' own, so training and export cannot disagree.
+
 Every net keeps its own initialization (seeded by ``config.seed`` and its ``arch_id``) and its
 own Adam state, and all nets see the same minibatch order (seeded by ``config.seed`` and the
-epoch); ``PlainQATMLP`` + ``train_single`` is the independent one-net autograd reference both
-engines are tested against.
+epoch); ``PlainQATMLP`` / ``PlainQATCNN`` + ``train_single`` is the independent one-net
+autograd reference both engines are tested against.
 
 The quantization rules are those of ``export.quant`` (Jacob et al. 2017), faked in float.
 """
@@ -184,6 +192,7 @@ class _Unit:
 
     spatial: bool  # a convolution over (C, H, W); else dense over the flattened input
     in_shape: tuple[int, ...]
+    src_shape: tuple[int, ...]  # the tensor it reads before any flatten: (C, H, W) or (n,)
     weight_shape: tuple[int, ...]  # conv (out, in, k, k); dense (in, out): the export layout
     out: int  # output channels / width
     conv_shape: tuple[int, ...]  # what the conv / matmul writes (before the pool)
@@ -212,10 +221,13 @@ def _units(arch: ArchSpec) -> tuple[_Unit, ...]:
     from export.qnet import unit_shapes
     from inag.ir.ops import get_op
 
+    shapes = unit_shapes(arch)
+    srcs = [tuple(arch.input_shape)] + [tuple(sh["out_shape"]) for sh in shapes[:-1]]
     return tuple(
         _Unit(
             spatial=get_op(sh["kind"]).spatial,
             in_shape=tuple(sh["in_shape"]),
+            src_shape=src,
             weight_shape=tuple(sh["weight_shape"]),
             out=int(sh["out"]),
             conv_shape=tuple(sh["conv_shape"]),
@@ -227,7 +239,7 @@ def _units(arch: ArchSpec) -> tuple[_Unit, ...]:
             bits=int(sh["bits"]),
             head=bool(sh["head"]),
         )
-        for sh in unit_shapes(arch)
+        for sh, src in zip(shapes, srcs, strict=True)
     )
 
 
@@ -247,6 +259,36 @@ def init_unit_np(gen: torch.Generator, u: _Unit) -> tuple[np.ndarray, np.ndarray
     w = torch.rand(*u.weight_shape, generator=gen).numpy()
     b = torch.rand(u.out, generator=gen).numpy()
     return (w * two - one) * bound, (b * two - one) * bound
+
+
+def _c_unit_row(u: _Unit) -> list[int]:
+    """The C kernel's 12 shape ints of a unit (qat_cnn.c's ``Unit``); a dense unit is a 1x1
+    conv over a 1x1 map whose channels are the flattened input."""
+    if u.spatial:
+        cin, h, w = u.in_shape
+        _, oh, ow = u.conv_shape
+        _, ph, pw = u.out_shape
+        return [cin, h, w, u.out, u.kernel, u.stride, u.pad, oh, ow, u.pool, ph, pw]
+    return [math.prod(u.in_shape), 1, 1, u.out, 1, 1, 0, 1, 1, 1, 1, 1]
+
+
+def _c_weight(u: _Unit, w: np.ndarray) -> np.ndarray:
+    """A weight in the export layout -> the C kernel's (fan_in, out) matrix: conv rows in
+    (ky, kx, ci) order (im2col of NHWC maps); a dense unit that flattens a feature map has
+    its rows permuted from the export's (c, h, w) order to the kernel's (h, w, c)."""
+    if u.spatial:
+        return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, u.out))
+    if len(u.src_shape) == 3:
+        c, h, wd = u.src_shape
+        return np.ascontiguousarray(w.reshape(c, h, wd, u.out).transpose(1, 2, 0, 3)).reshape(
+            -1, u.out
+        )
+    return w
+
+
+def _to_nhwc(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Flat (N, C*H*W) samples in channel-major order -> contiguous NHWC float32."""
+    return np.ascontiguousarray(x.reshape(len(x), *shape).transpose(0, 2, 3, 1), np.float32)
 
 
 def check_input(arch: ArchSpec, task: TaskData) -> None:
@@ -662,9 +704,30 @@ class BatchedMLPTrainer:
         runs = [a for a in archs for _ in range(r)]
         keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(r)]
         for a in archs:
-            _widths(a)  # refuses a non-MLP before any work
+            check_input(a, self.task)  # refuses a mismatched input before any work
         if self.engine == "c":
             return self._runs_native(runs, keys, progress, validation)
+        if all(a.kind == "mlp" for a in runs):
+            return self._runs_torch_mlp(runs, keys, progress, validation)
+        out = Runs(np.zeros(len(runs)), np.zeros(len(runs)), np.zeros(len(runs)), [""] * len(runs))
+        for kind, fit in (("mlp", self._runs_torch_mlp), ("cnn", self._runs_torch_cnn)):
+            idx = [i for i, a in enumerate(runs) if a.kind == kind]
+            if not idx:
+                continue
+            part = fit([runs[i] for i in idx], [keys[i] for i in idx], progress, validation)
+            for j, i in enumerate(idx):
+                out.test[i], out.val[i], out.loss[i] = part.test[j], part.val[j], part.loss[j]
+                out.failed[i] = part.failed[j]
+        return out
+
+    def _runs_torch_mlp(
+        self,
+        runs: Sequence[ArchSpec],
+        keys: Sequence[str],
+        progress: Callable[[int, int], None] | None,
+        validation: bool,
+    ) -> Runs:
+        """MLP runs with the torch engine: one padded, grouped plan (see :class:`_Plan`)."""
         plan = _Plan(runs, self.config.seed, min(self.config.batch_size, len(self.x_train)), keys)
         self.last_plan = plan
         st = _State(plan)
@@ -710,21 +773,39 @@ class BatchedMLPTrainer:
         losses = np.zeros(len(runs))
         failed = [""] * len(runs)
 
+        # CNNs read NHWC feature maps (the kernel's layout), one copy per input shape
+        nhwc: dict[tuple[int, ...], tuple[np.ndarray, list[np.ndarray]]] = {}
+        for a in runs:
+            if a.kind == "cnn" and a.input_shape not in nhwc:
+                nhwc[a.input_shape] = (
+                    _to_nhwc(x, a.input_shape),
+                    [_to_nhwc(xe, a.input_shape) for xe in x_eval],
+                )
+
         def prepare(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            """Widths, weight / activation code bounds and initial parameters of run i."""
+            """Shapes (MLP: widths; CNN: a row of 12 ints per unit), weight / activation
+            code bounds and initial parameters of run i, in the kernel's layout."""
             a = runs[i]
-            ws = _widths(a)
             gen = torch.Generator().manual_seed(net_seed(cfg.seed, keys[i]))
             parts = []
-            for j in range(len(ws) - 1):
-                w, b = init_dense_np(gen, ws[j], ws[j + 1])
-                parts += [w.reshape(-1), b]
+            if a.kind == "cnn":
+                units = _units(a)
+                for u in units:
+                    w, b = init_unit_np(gen, u)
+                    parts += [_c_weight(u, w).reshape(-1), b]
+                shape = np.array([_c_unit_row(u) for u in units], np.int32)
+            else:
+                ws = _widths(a)
+                for j in range(len(ws) - 1):
+                    w, b = init_dense_np(gen, ws[j], ws[j + 1])
+                    parts += [w.reshape(-1), b]
+                shape = np.array(ws, np.int32)
             bits = [layer.bits for layer in a.layers] + [a.output_bits]
             return (
-                np.array(ws, np.int32),
+                shape,
                 np.array([quant.weight_qmax(b) for b in bits], np.int32),
                 np.array([quant.act_qmax(b) for b in bits], np.int32),
-                np.concatenate(parts),
+                np.ascontiguousarray(np.concatenate(parts), dtype=np.float32),
             )
 
         def ptr(arr: np.ndarray | None) -> int | None:
@@ -732,14 +813,20 @@ class BatchedMLPTrainer:
 
         def one(i: int) -> None:
             # prepared here, in the pool: one thread's Python work overlaps another's C call
-            ws, w_q, a_q, params = prepare(i)
-            act_max = np.zeros(len(ws) - 1, np.float32)
+            shape, w_q, a_q, params = prepare(i)
+            L = len(w_q)
+            act_max = np.zeros(L, np.float32)
             ep_loss = np.zeros(cfg.epochs, np.float32)
-            L = len(ws) - 1
-            status = lib.inag_qat_train(
-                L, ptr(ws), ptr(w_q), ptr(a_q), ptr(params), ptr(act_max), self.s_x, ptr(x),
-                ptr(y_reg), ptr(y_cls), n, ptr(perm), cfg.epochs, cfg.batch_size, ptr(lr),
-                quant_start, cfg.act_ema, cfg.weight_decay, ptr(ep_loss),
+            if runs[i].kind == "cnn":
+                train, predict = lib.inag_qat_train_cnn, lib.inag_qat_predict_cnn
+                xt, xe_all = nhwc[runs[i].input_shape]
+            else:
+                train, predict = lib.inag_qat_train, lib.inag_qat_predict
+                xt, xe_all = x, x_eval
+            status = train(
+                L, ptr(shape), ptr(w_q), ptr(a_q), ptr(params), ptr(act_max), self.s_x,
+                ptr(xt), ptr(y_reg), ptr(y_cls), n, ptr(perm), cfg.epochs, cfg.batch_size,
+                ptr(lr), quant_start, cfg.act_ema, cfg.weight_decay, ptr(ep_loss),
             )  # fmt: skip
             if status == -2:
                 raise MemoryError("the C trainer could not allocate its buffers")
@@ -747,14 +834,14 @@ class BatchedMLPTrainer:
                 failed[i] = f"diverged: non-finite loss at epoch {status + 1}"
                 return
             losses[i] = float(ep_loss[-1])
-            for xe, out in zip(x_eval, preds, strict=True):
-                lib.inag_qat_predict(
-                    L, ptr(ws), ptr(w_q), ptr(a_q), ptr(params), ptr(act_max), self.s_x,
+            for xe, out in zip(xe_all, preds, strict=True):
+                predict(
+                    L, ptr(shape), ptr(w_q), ptr(a_q), ptr(params), ptr(act_max), self.s_x,
                     ptr(xe), len(xe), cfg.batch_size, ptr(out[i]),
                 )  # fmt: skip
 
         # big nets first, so the pool does not end on one long straggler
-        order = sorted(range(len(runs)), key=lambda i: -_net_macs(_widths(runs[i])))
+        order = sorted(range(len(runs)), key=lambda i: -arch_macs(runs[i]))
         done = 0
         with ThreadPoolExecutor(max(1, self.threads)) as ex:
             for _ in ex.map(one, order):
@@ -767,6 +854,101 @@ class BatchedMLPTrainer:
             perf.append(performance_batch(task.kind, np.asarray(y), o))
         val = perf[1] if validation else np.zeros(len(runs))
         return Runs(perf[0], val, losses, failed)
+
+    # ------------------------------------------------------------------ torch engine, CNNs
+    def _runs_torch_cnn(
+        self,
+        runs: Sequence[ArchSpec],
+        keys: Sequence[str],
+        progress: Callable[[int, int], None] | None,
+        validation: bool,
+    ) -> Runs:
+        """CNN runs with the torch engine: runs whose units have identical shapes (they may
+        differ in bits, and restarts always share shapes) form a group, trained as one model
+        (:class:`_CNNGroup`) with autograd; a group is split where its activations would
+        pass ``GROUP_FLOATS``."""
+        bsz = min(self.config.batch_size, len(self.x_train))
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, a in enumerate(runs):
+            groups.setdefault(_shape_key(a), []).append(i)
+        out = Runs(np.zeros(len(runs)), np.zeros(len(runs)), np.zeros(len(runs)), [""] * len(runs))
+        done = 0
+        for members in groups.values():
+            cap = max(1, GROUP_FLOATS // (bsz * _act_floats(runs[members[0]])))
+            for s0 in range(0, len(members), cap):
+                part = members[s0 : s0 + cap]
+                res = self._fit_cnn_group(
+                    [runs[i] for i in part], [keys[i] for i in part], validation
+                )
+                for j, i in enumerate(part):
+                    out.test[i], out.val[i], out.loss[i] = res.test[j], res.val[j], res.loss[j]
+                    out.failed[i] = res.failed[j]
+                done += len(part)
+                if progress is not None:
+                    progress(done, len(runs))
+        return out
+
+    def _fit_cnn_group(
+        self, archs: Sequence[ArchSpec], keys: Sequence[str], validation: bool
+    ) -> Runs:
+        """Train one group of same-shape CNNs together: the plain loop's recipe, one loss per
+        net summed (each net's gradient is its own loss's), one Adam (elementwise)."""
+        cfg, task = self.config, self.task
+        k = len(archs)
+        model = _CNNGroup(archs, keys, cfg.seed, self.s_x, cfg.act_ema)
+        opt = torch.optim.Adam(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False
+        )
+        shape = archs[0].input_shape
+        n = len(self.x_train)
+        x_train = self.x_train.reshape(n, *shape)
+        alive = torch.ones(k, dtype=torch.bool)
+        failed = [""] * k
+        total_steps, step = cfg.steps(n), 0
+        last = torch.zeros(k)
+        for epoch in range(cfg.epochs):
+            perm = epoch_order(cfg.seed, epoch, n)
+            total = torch.zeros(k)
+            for start in range(0, n, cfg.batch_size):
+                idx = perm[start : start + cfg.batch_size]
+                model.quant_on = step >= cfg.quant_delay * total_steps
+                loss = _loss_per_net(model(x_train[idx]), self.y_train[idx], task.kind)
+                model.seen = True
+                finite = torch.isfinite(loss.detach())
+                for j in torch.nonzero(alive & ~finite).flatten().tolist():
+                    failed[j] = f"diverged: non-finite loss at epoch {epoch + 1}"
+                alive &= finite
+                if not bool(alive.any()):
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss[alive].sum().backward()
+                if not bool(alive.all()):  # a dead net's NaNs stay in its own slices
+                    for p in model.parameters():
+                        if p.grad is not None:
+                            p.grad.nan_to_num_(0.0, 0.0, 0.0)
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr_at(step, total_steps)
+                opt.step()
+                step += 1
+                total += loss.detach().nan_to_num(0.0) * len(idx)
+            last = total / n
+            if not bool(alive.any()):
+                break
+        model.eval()
+        model.quant_on = True
+        test = self._evaluate_group(model, self.x_test, task.y_test)
+        val = self._evaluate_group(model, self.x_val, task.y_val) if validation else np.zeros(k)
+        return Runs(test, val, last.numpy().astype(np.float64), failed)
+
+    @torch.no_grad()
+    def _evaluate_group(self, model: _CNNGroup, x: torch.Tensor, y: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), *model.input_shape)
+        step = self.config.batch_size
+        out = torch.cat([model(x[s : s + step]) for s in range(0, len(x), step)], dim=1)
+        pred = out.numpy()
+        if self.task.kind == "regression":
+            pred = pred[..., 0]
+        return performance_batch(self.task.kind, np.asarray(y), pred)
 
     # ------------------------------------------------------------------ torch engine
     def _forward(
@@ -928,6 +1110,121 @@ class BatchedMLPTrainer:
         if self.task.kind == "regression":
             out = out[..., 0]
         return performance_batch(self.task.kind, np.asarray(y), out)
+
+
+# Largest activation footprint (floats) of one torch-engine CNN group: nets x batch x the
+# floats autograd keeps per sample (see _act_floats); bounds the engine's memory (~256 MB).
+GROUP_FLOATS = 64 << 20
+
+
+def _shape_key(arch: ArchSpec) -> tuple[Any, ...]:
+    """What must be equal for two CNNs to share a grouped model: every unit's shapes."""
+    return tuple(dataclasses.replace(u, bits=0) for u in _units(arch))
+
+
+def _act_floats(arch: ArchSpec) -> int:
+    """Floats per sample autograd holds for one net (conv output, fake-quant intermediates,
+    pooled output: ~6 tensors of each unit's output size)."""
+    return 6 * sum(math.prod(u.conv_shape) for u in _units(arch))
+
+
+class _CNNGroup(nn.Module):
+    """k CNNs with identical unit shapes trained as one model (the torch engine's CNN path).
+
+    Conv units are one grouped ``conv2d`` (``groups=k``: net j's channels are block j of the
+    channel axis), dense units one ``baddbmm``; every net keeps its own weight scale,
+    activation range and code bounds (its bits), and, under one elementwise Adam, its own
+    optimizer state. The forward is :class:`PlainQATCNN`'s, net for net.
+    """
+
+    def __init__(
+        self,
+        archs: Sequence[ArchSpec],
+        keys: Sequence[str],
+        seed: int,
+        s_x: float,
+        act_ema: float,
+    ):
+        super().__init__()
+        self.k = k = len(archs)
+        self.units = _units(archs[0])
+        self.input_shape = tuple(archs[0].input_shape)
+        inits = []
+        for a, key in zip(archs, keys, strict=True):
+            gen = torch.Generator().manual_seed(net_seed(seed, key))
+            inits.append([init_unit_np(gen, u) for u in _units(a)])
+        self.weights = nn.ParameterList(
+            [
+                nn.Parameter(torch.from_numpy(np.stack([net[i][0] for net in inits])))
+                for i in range(len(self.units))
+            ]
+        )
+        self.biases = nn.ParameterList(
+            [
+                nn.Parameter(torch.from_numpy(np.stack([net[i][1] for net in inits])))
+                for i in range(len(self.units))
+            ]
+        )
+        bits = [[u.bits for u in _units(a)] for a in archs]
+        self.q_w = [
+            torch.tensor([float(quant.weight_qmax(b[i])) for b in bits])
+            for i in range(len(self.units))
+        ]
+        self.q_a = [
+            torch.tensor([float(quant.act_qmax(b[i])) for b in bits])
+            for i in range(len(self.units))
+        ]
+        self.s_x = s_x
+        self.momentum = act_ema
+        self.act_max = torch.zeros(len(self.units), k)
+        self.seen = False
+        self.quant_on = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (batch, C, H, W) -> outputs (k, batch, out) of every net."""
+        k, bsz = self.k, len(x)
+        s_in = torch.full((k,), self.s_x)
+        a = x.repeat(1, k, 1, 1)  # (batch, k * C, H, W): net j reads channel block j
+        for i, (u, w, b) in enumerate(zip(self.units, self.weights, self.biases, strict=True)):
+            if self.quant_on:
+                q_w = self.q_w[i].view(k, *(1,) * (w.dim() - 1))
+                wq, s_w = quant.fake_quant_weight(w, q_w, reduce_dims=tuple(range(1, w.dim())))
+                s_b = (s_in * s_w.reshape(k)).view(k, 1)
+                bq = quant.ste_round_half_up(b / s_b) * s_b
+            else:
+                wq, bq = w, b
+            if u.spatial:  # a: (batch, k * C, H, W)
+                wg = wq.reshape(k * u.out, *wq.shape[2:])
+                z = nn.functional.conv2d(
+                    a, wg, bq.reshape(-1), stride=u.stride, padding=u.pad, groups=k
+                )
+                per_net, view, dims = z.view(bsz, k, -1), (1, k, 1), (0, 2)
+            else:  # a: (k, batch, n), or a feature map flattened per net
+                if a.dim() == 4:
+                    a = a.reshape(bsz, k, -1).transpose(0, 1)
+                z = torch.baddbmm(bq.unsqueeze(1), a, wq)
+                if u.head:
+                    return z
+                per_net, view, dims = z, (k, 1, 1), (1, 2)
+            if self.training:
+                with torch.no_grad():
+                    m = per_net.detach().amax(dim=dims).clamp_min(0)
+                    self.act_max[i] = (
+                        m
+                        if not self.seen
+                        else self.momentum * self.act_max[i] + (1 - self.momentum) * m
+                    )
+            if self.quant_on:
+                am = self.act_max[i]
+                s_a = torch.where(am > 0, am / self.q_a[i], torch.ones_like(am))
+                y = quant.fake_quant_act(per_net, s_a.view(view), self.q_a[i].view(view))
+                a = y.view(z.shape)
+                s_in = s_a
+            else:
+                a = torch.relu(z)
+            if u.pool > 1:
+                a = nn.functional.max_pool2d(a, u.pool)
+        raise AssertionError("unreachable")
 
 
 class _State:

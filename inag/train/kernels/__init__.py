@@ -1,6 +1,7 @@
 """Native kernels, compiled on first use with the machine's C compiler and cached.
 
-The C engine of the trainer (``qat_mlp.c``) is built with ``-march=native``: the cached
+The C engine of the trainer (``qat_cnn.c``, which includes ``qat_mlp.c``: one translation unit,
+so the CNN kernels reuse the MLP's GEMM micro-kernels) is built with ``-march=native``: the cached
 library is keyed by the source, the flags, the compiler's version and this CPU, so a shared
 home directory never hands one machine another's binary. The cache is owner-only, the build
 records the library's sha256 beside it, and a library that fails the check (hash, owner,
@@ -24,7 +25,8 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-_SRC = Path(__file__).with_name("qat_mlp.c")
+_SRC = Path(__file__).with_name("qat_cnn.c")  # the one translation unit compiled
+_SOURCES = (Path(__file__).with_name("qat_mlp.c"), _SRC)  # what the library is built from
 # -fno-math-errno lets floorf/sqrtf become single instructions inside vectorized loops;
 # -fno-trapping-math lets the compiler vectorize the loops with divisions and selects.
 # No -ffast-math: it assumes no NaN/inf, and divergence is detected with isfinite.
@@ -238,10 +240,16 @@ def library_path() -> Path:
     for flags in (FLAGS + NATIVE, FLAGS):  # some compilers/CPUs reject -march=native
         key = hashlib.sha256(
             "\0".join(
-                [_SRC.read_text(), " ".join(flags), version.stdout, _cpu_id(), platform.machine()]
+                [
+                    *(src.read_text() for src in _SOURCES),
+                    " ".join(flags),
+                    version.stdout,
+                    _cpu_id(),
+                    platform.machine(),
+                ]
             ).encode()
         ).hexdigest()[:16]
-        lib = out_dir / f"qat_mlp-{key}.so"
+        lib = out_dir / f"qat-{key}.so"
         _prepare_dir(out_dir)
         with _dir_lock(out_dir):
             if lib.exists() or _hash_path(lib).exists():
@@ -292,6 +300,10 @@ def qat_library() -> ctypes.CDLL:
     ]  # fmt: skip
     lib.inag_qat_predict.restype = i
     lib.inag_qat_predict.argtypes = [i, p, p, p, p, p, f, p, i, i, p]
+    lib.inag_qat_train_cnn.restype = i
+    lib.inag_qat_train_cnn.argtypes = lib.inag_qat_train.argtypes
+    lib.inag_qat_predict_cnn.restype = i
+    lib.inag_qat_predict_cnn.argtypes = lib.inag_qat_predict.argtypes
     return lib
 
 

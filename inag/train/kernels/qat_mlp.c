@@ -496,10 +496,9 @@ static void forward(Net *n, const float *params, float *act_max, int *seen, floa
   }
 }
 
-/* Mean loss of the minibatch and its gradient w.r.t. the head output (in n->dpred). */
-static float loss_grad(const Net *n, const float *yr, const int64_t *yc, const int *idx,
+/* Mean loss of the minibatch (head outputs p) and its gradient w.r.t. p (into dpred). */
+static float loss_grad(const float *p, const float *yr, const int64_t *yc, const int *idx,
                        int bsz, int classes, float *dpred) {
-  const float *p = n->pred;
   float loss = 0.f; /* float32, like torch: a sum past FLT_MAX is a divergence there too */
   if (!yc) {
     for (int i = 0; i < bsz; i++) {
@@ -542,12 +541,13 @@ static void backward(Net *n, const float *x, int bsz) {
   }
 }
 
-static void adam(Net *n, float *params, long step, float lr, float wd) {
+/* torch.optim.Adam's update of n_params parameters (the MLP and the CNN kernels share it). */
+static void adam_update(long n_params, float *params, const float *g, float *m, float *v,
+                        long step, float lr, float wd) {
   const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
   float bc1 = 1.f - powf(b1, (float)step);
   float bc2_sqrt = sqrtf(1.f - powf(b2, (float)step));
-  float *g = n->grad, *m = n->m, *v = n->v;
-  for (long i = 0; i < n->n_params; i++) {
+  for (long i = 0; i < n_params; i++) {
     float gi = g[i] + (wd != 0.f ? wd * params[i] : 0.f);
     m[i] += (gi - m[i]) * (1.f - b1);
     v[i] = v[i] * b2 + (1.f - b2) * gi * gi;
@@ -583,11 +583,11 @@ int inag_qat_train(int L, const int *w, const int *w_qmax, const int *a_qmax, fl
         memcpy(xb + (long)i * d_in, x + (long)order[s0 + i] * d_in, sizeof(float) * d_in);
       int quant = step >= quant_start;
       forward(&net, params, act_max, seen, act_ema, s_x, xb, b, 1, quant);
-      float loss = loss_grad(&net, y_reg, y_cls, order + s0, b, classes, net.dpred);
+      float loss = loss_grad(net.pred, y_reg, y_cls, order + s0, b, classes, net.dpred);
       if (!isfinite(loss)) { status = e; break; }
       backward(&net, xb, b);
       step++;
-      adam(&net, params, step, lr[step - 1], wd);
+      adam_update(net.n_params, params, net.grad, net.m, net.v, step, lr[step - 1], wd);
       total += (double)loss * b;
     }
     epoch_loss[e] = (float)(total / n);

@@ -1,0 +1,425 @@
+/* Fused quantization-aware training of one CNN: the conv path of INAG's "c" trainer engine.
+ *
+ * Same contract as qat_mlp.c (included below, so both engines share its GEMM micro-kernels,
+ * quantization, loss and Adam): one call trains one net for the whole run, nothing in it
+ * depends on other nets, the caller runs one net per thread. The rules are those of
+ * inag/train/trainer.py's PlainQATCNN and export/quant.py, unit by unit:
+ *   conv     'same' zero padding (k / 2), stride s, per-tensor symmetric fake-quantized weights,
+ *            bias at s_in * s_w; output range an EMA of the batch max of the conv output;
+ *            activations fake-quantized to 0 .. 2^b - 1 (ReLU folded in), STE inside the range
+ *   pool     floor p x p max-pool (window = stride = p) after the fake quantization; the
+ *            gradient goes to the first maximum of a window in row-major order (torch's rule)
+ *   dense    a 1x1 conv on a 1x1 map: the flattened feature map is its input
+ *
+ * Layout: feature maps are NHWC, so a dense unit after a conv reads the map flattened in
+ * (h, w, c) order (the caller permutes that unit's weight rows from the export's (c, h, w)),
+ * and conv weights are (k, k, cin) x cout matrices: im2col rows of one output position are
+ * (ky, kx, ci) with ci contiguous, copied from the NHWC input a kernel row at a time.
+ *
+ * Convolution = im2col + the register-blocked GEMMs of qat_mlp.c (affine, grad_w), a tile of
+ * samples at a time so the column matrix (<= TILE_FLOATS floats) stays in L2:
+ *   forward   Z_tile = cols(A_tile) @ Wq + b           (epilogue: range max, ReLU mask)
+ *   backward  gW += cols(A_tile)^T @ dZ_tile; dA += col2im(dZ_tile @ Wq^T)
+ * A 1x1 stride-1 conv and a dense unit read their input as is (no copy). Measured choice
+ * (benchmarks/bench_trainer.py --space cnn, docs/dataset.md): im2col and col2im take a
+ * small share of the time next to the GEMMs they feed, so a direct convolution could at
+ * best save that share, and would need its own micro-kernels for every (k, stride) shape.
+ *
+ * The tile size depends only on the unit's shape and the minibatch size, so every summation
+ * order is fixed by the net alone: a net's result is bit for bit independent of its chunk,
+ * its companions and the thread count.
+ */
+#include "qat_mlp.c"
+
+/* One unit's shapes as the trainer passes them (12 ints): input (h, w, cin), conv output
+ * (oh, ow, cout), kernel k, stride s, padding pad, pool window, pooled size (ph, pw). */
+typedef struct {
+  int cin, h, w, cout, k, s, pad, oh, ow, pool, ph, pw;
+} Unit;
+
+#define TILE_FLOATS 65536
+
+INLINE long u_in(const Unit *u) { return (long)u->h * u->w * u->cin; }
+INLINE long u_pos(const Unit *u) { return (long)u->oh * u->ow; }
+INLINE long u_out(const Unit *u) { return (long)u->ph * u->pw * u->cout; }
+INLINE int u_fan(const Unit *u) { return u->k * u->k * u->cin; }
+
+typedef struct {
+  int L;
+  const Unit *u;
+  const int *w_qmax, *a_qmax;
+  long *w_off, *b_off, n_params;
+  int *tile;        /* samples per im2col tile, per unit; 0: the unit reads its input as is */
+  float *wq, *wqT, *grad, *m, *v;
+  float **out;      /* hidden unit l: output after the pool (NHWC) = unit l + 1's input */
+  float **mask;     /* hidden unit without a pool: STE (or ReLU) mask, shaped like out */
+  int **idx;        /* pooled unit: per output, where its max sits in the conv output, or -1
+                     * where the gradient stops (code clamped, or ReLU off in the warm-up) */
+  float *pre;       /* a pooled unit's conv output before the pool (shared scratch) */
+  float *dz;        /* dL/d(conv output) of the unit being differentiated; the pre-pool mask
+                     * of a pooled unit in the forward pass */
+  float *g;         /* dL/d(unit output), written by the next unit's backward */
+  float *cols, *dcols, *gtmp, *tmp;
+  float *pred, *dpred;
+  float *scratch;
+  int *iscratch;
+} CNet;
+
+static long lmax(long a, long b) { return a > b ? a : b; }
+
+static void cnet_free(CNet *n) {
+  free(n->w_off); free(n->b_off); free(n->tile); free(n->out); free(n->mask); free(n->idx);
+  free(n->scratch); free(n->iscratch);
+}
+
+static int cnet_init(CNet *n, int L, const Unit *u, const int *w_qmax, const int *a_qmax,
+                     int bsz) {
+  memset(n, 0, sizeof *n);
+  n->L = L; n->u = u; n->w_qmax = w_qmax; n->a_qmax = a_qmax;
+  n->w_off = malloc(sizeof(long) * L);
+  n->b_off = malloc(sizeof(long) * L);
+  n->tile = calloc(L, sizeof(int));
+  n->out = calloc(L, sizeof(float *));
+  n->mask = calloc(L, sizeof(float *));
+  n->idx = calloc(L, sizeof(int *));
+  if (!n->w_off || !n->b_off || !n->tile || !n->out || !n->mask || !n->idx) return -1;
+  long off = 0, acts = 0, masks = 0, idxs = 0, pre = 0, dz = 0, g = 0, cols = 0, wk = 0, fan = 0;
+  for (int l = 0; l < L; l++) {
+    const Unit *x = u + l;
+    long K = u_fan(x), conv = (long)bsz * u_pos(x) * x->cout;
+    n->w_off[l] = off; off += K * x->cout;
+    n->b_off[l] = off; off += x->cout;
+    fan = lmax(fan, K);
+    wk = lmax(wk, K * x->cout);
+    dz = lmax(dz, conv);
+    if (l > 0) g = lmax(g, (long)bsz * u_in(x));
+    if (l < L - 1) {
+      acts += (long)bsz * u_out(x);
+      if (x->pool > 1) {
+        idxs += (long)bsz * u_out(x);
+        pre = lmax(pre, conv);
+      } else {
+        masks += conv;
+      }
+    }
+    if (!(x->k == 1 && x->s == 1)) {
+      long per = u_pos(x) * K, t = TILE_FLOATS / per;
+      t = t < 1 ? 1 : t > bsz ? bsz : t;
+      n->tile[l] = (int)t;
+      cols = lmax(cols, t * per);
+    }
+  }
+  n->n_params = off;
+  long outsz = (long)bsz * u[L - 1].cout;
+  long total = 5 * off + acts + masks + pre + dz + g + 2 * cols + wk + (long)VL * fan + 2 * outsz;
+  n->scratch = calloc(total, sizeof(float));
+  n->iscratch = calloc(idxs > 0 ? idxs : 1, sizeof(int));
+  if (!n->scratch || !n->iscratch) return -1;
+  float *p = n->scratch;
+  n->wq = p; p += off;
+  n->wqT = p; p += off;
+  n->grad = p; p += off;
+  n->m = p; p += off;
+  n->v = p; p += off;
+  int *q = n->iscratch;
+  for (int l = 0; l < L - 1; l++) {
+    n->out[l] = p; p += (long)bsz * u_out(u + l);
+    if (u[l].pool > 1) {
+      n->idx[l] = q; q += (long)bsz * u_out(u + l);
+    } else {
+      n->mask[l] = p; p += (long)bsz * u_pos(u + l) * u[l].cout;
+    }
+  }
+  n->pre = p; p += pre;
+  n->dz = p; p += dz;
+  n->g = p; p += g;
+  n->cols = p; p += cols;
+  n->dcols = p; p += cols;
+  n->gtmp = p; p += wk;
+  n->tmp = p; p += (long)VL * fan;
+  n->pred = p; p += outsz;
+  n->dpred = p;
+  return 0;
+}
+
+/* Rows of the column matrix for samples [n0, n0 + nt) of the NHWC input a: one row per output
+ * position, (ky, kx, ci) per row, zeros where the kernel reaches into the padding. */
+static void im2col(const Unit *u, const float *a, int n0, int nt, float *cols) {
+  int k = u->k, H = u->h, W = u->w, C = u->cin;
+  long row = (long)k * C;
+  float *c = cols;
+  for (int n = n0; n < n0 + nt; n++) {
+    const float *an = a + (long)n * H * W * C;
+    for (int oy = 0; oy < u->oh; oy++)
+      for (int ox = 0; ox < u->ow; ox++) {
+        int x0 = ox * u->s - u->pad;
+        int kx0 = x0 < 0 ? -x0 : 0, kx1 = x0 + k > W ? W - x0 : k;
+        for (int ky = 0; ky < k; ky++, c += row) {
+          int iy = oy * u->s - u->pad + ky;
+          if (iy < 0 || iy >= H || kx1 <= kx0) {
+            memset(c, 0, sizeof(float) * row);
+            continue;
+          }
+          if (kx0) memset(c, 0, sizeof(float) * kx0 * C);
+          memcpy(c + (long)kx0 * C, an + ((long)iy * W + x0 + kx0) * C,
+                 sizeof(float) * (kx1 - kx0) * C);
+          if (kx1 < k) memset(c + (long)kx1 * C, 0, sizeof(float) * (k - kx1) * C);
+        }
+      }
+  }
+}
+
+/* da += col2im(dcols): the adjoint of im2col (padding positions are dropped). */
+static void col2im_add(const Unit *u, const float *dcols, int n0, int nt, float *da) {
+  int k = u->k, H = u->h, W = u->w, C = u->cin;
+  long row = (long)k * C;
+  const float *c = dcols;
+  for (int n = n0; n < n0 + nt; n++) {
+    float *dn = da + (long)n * H * W * C;
+    for (int oy = 0; oy < u->oh; oy++)
+      for (int ox = 0; ox < u->ow; ox++) {
+        int x0 = ox * u->s - u->pad;
+        int kx0 = x0 < 0 ? -x0 : 0, kx1 = x0 + k > W ? W - x0 : k;
+        for (int ky = 0; ky < k; ky++, c += row) {
+          int iy = oy * u->s - u->pad + ky;
+          if (iy < 0 || iy >= H || kx1 <= kx0) continue;
+          float *d = dn + ((long)iy * W + x0 + kx0) * C;
+          const float *s = c + (long)kx0 * C;
+          long len = (long)(kx1 - kx0) * C;
+          for (long i = 0; i < len; i++) d[i] += s[i];
+        }
+      }
+  }
+}
+
+/* z = conv(a) + bias over b samples (epilogue e on the way out of the registers). */
+static void conv_forward(const CNet *n, int l, const float *a, int b, const float *Wq,
+                         const float *WqT, const float *bq, float *z, const Epi *e) {
+  const Unit *u = n->u + l;
+  int K = u_fan(u), N = u->cout, T = n->tile[l];
+  long pos = u_pos(u);
+  if (!T) {
+    affine((int)(b * pos), K, N, a, Wq, WqT, bq, z, e);
+    return;
+  }
+  for (int s0 = 0; s0 < b; s0 += T) {
+    int nt = b - s0 < T ? b - s0 : T;
+    im2col(u, a, s0, nt, n->cols);
+    Epi et;
+    if (e) {
+      et = *e;
+      if (et.relu_mask) et.relu_mask += s0 * pos * N;
+    }
+    affine((int)(nt * pos), K, N, n->cols, Wq, WqT, bq, z + s0 * pos * N, e ? &et : NULL);
+  }
+}
+
+/* gW = dL/dW and, if da, da = dL/d(input), from dz = dL/d(conv output). */
+static void conv_backward(const CNet *n, int l, const float *a, int b, const float *dz,
+                          float *gW, float *da) {
+  const Unit *u = n->u + l;
+  int K = u_fan(u), N = u->cout, T = n->tile[l];
+  long pos = u_pos(u);
+  const float *Wq = n->wq + n->w_off[l], *WqT = n->wqT + n->w_off[l];
+  if (!T) {
+    grad_w((int)(b * pos), K, N, a, dz, gW, n->tmp);
+    if (da) affine((int)(b * pos), N, K, dz, WqT, Wq, NULL, da, NULL);
+    return;
+  }
+  if (da) memset(da, 0, sizeof(float) * b * u_in(u));
+  for (int s0 = 0; s0 < b; s0 += T) {
+    int nt = b - s0 < T ? b - s0 : T;
+    int R = (int)(nt * pos);
+    const float *dzt = dz + s0 * pos * N;
+    im2col(u, a, s0, nt, n->cols);
+    if (s0 == 0) {
+      grad_w(R, K, N, n->cols, dzt, gW, n->tmp);
+    } else {
+      grad_w(R, K, N, n->cols, dzt, n->gtmp, n->tmp);
+      for (long i = 0; i < (long)K * N; i++) gW[i] += n->gtmp[i];
+    }
+    if (da) {
+      affine(R, N, K, dzt, WqT, Wq, NULL, n->dcols, NULL);
+      col2im_add(u, n->dcols, s0, nt, da);
+    }
+  }
+}
+
+/* Floor p x p max-pool of y (b, oh, ow, c) into out (b, ph, pw, c); idx holds each output's
+ * source position (the first maximum of its window in row-major order), or -1 where the
+ * pre-pool mask is 0 there. */
+static void maxpool(const Unit *u, int b, const float *y, const float *mk, float *out,
+                    int *idx) {
+  int p = u->pool, C = u->cout;
+  for (int n = 0; n < b; n++)
+    for (int py = 0; py < u->ph; py++)
+      for (int px = 0; px < u->pw; px++) {
+        long o = (((long)n * u->ph + py) * u->pw + px) * C;
+        long base = (((long)n * u->oh + (long)py * p) * u->ow + (long)px * p) * C;
+        float *ov = out + o;
+        int *ix = idx + o;
+        for (int c = 0; c < C; c++) {
+          ov[c] = y[base + c];
+          ix[c] = (int)(base + c);
+        }
+        for (int dy = 0; dy < p; dy++)
+          for (int dx = 0; dx < p; dx++) {
+            if (!dy && !dx) continue;
+            long off = base + ((long)dy * u->ow + dx) * C;
+            for (int c = 0; c < C; c++)
+              if (y[off + c] > ov[c]) {
+                ov[c] = y[off + c];
+                ix[c] = (int)(off + c);
+              }
+          }
+        for (int c = 0; c < C; c++)
+          if (mk[ix[c]] == 0.f) ix[c] = -1;
+      }
+}
+
+/* Forward pass of b samples of x (NHWC); as qat_mlp.c's forward, unit by unit. */
+static void cnet_forward(CNet *n, const float *params, float *act_max, int *seen, float act_ema,
+                         float s_x, const float *x, int b, int train, int quant) {
+  float s_in = s_x;
+  const float *a = x;
+  for (int l = 0; l < n->L; l++) {
+    const Unit *u = n->u + l;
+    int K = u_fan(u), N = u->cout;
+    const float *W = params + n->w_off[l], *bias = params + n->b_off[l];
+    float *Wq = n->wq + n->w_off[l], *bq = n->wq + n->b_off[l];
+    if (quant) {
+      quant_unit(W, bias, K * N, N, n->w_qmax[l], s_in, Wq, bq);
+    } else {
+      memcpy(Wq, W, sizeof(float) * K * N);
+      memcpy(bq, bias, sizeof(float) * N);
+    }
+    transpose(K, N, Wq, n->wqT + n->w_off[l]);
+    const float *WqT = n->wqT + n->w_off[l];
+    if (l == n->L - 1) {
+      conv_forward(n, l, a, b, Wq, WqT, bq, n->pred, NULL);
+      break;
+    }
+    int pooled = u->pool > 1;
+    float *z = pooled ? n->pre : n->out[l];
+    float *mk = pooled ? n->dz : n->mask[l];
+    long sz = (long)b * u_pos(u) * N;
+    v8f mv = splat(0.f);
+    Epi e = {NULL, train ? &mv : NULL, quant ? NULL : mk};
+    conv_forward(n, l, a, b, Wq, WqT, bq, z, train || !quant ? &e : NULL);
+    if (train) {
+      float m = 0.f;
+      for (int i = 0; i < VL; i++) m = mv[i] > m ? mv[i] : m;
+      act_max[l] = seen[l] ? act_ema * act_max[l] + (1.f - act_ema) * m : m;
+      seen[l] = 1;
+    }
+    if (quant) {
+      float qa = (float)n->a_qmax[l];
+      float s_a = act_max[l] > 0.f ? act_max[l] / qa : 1.f;
+      for (long i = 0; i < sz; i++) {
+        float q = round_half_up(z[i] / s_a);
+        float c = fmin_(fmax_(q, 0.f), qa);
+        mk[i] = q == c ? 1.f : 0.f;
+        z[i] = c * s_a;
+      }
+      s_in = s_a;
+    }
+    if (pooled) maxpool(u, b, z, mk, n->out[l], n->idx[l]);
+    a = n->out[l];
+  }
+}
+
+/* Gradients of every parameter for the minibatch x (after cnet_forward). */
+static void cnet_backward(CNet *n, const float *x, int b) {
+  for (int l = n->L - 1; l >= 0; l--) {
+    const Unit *u = n->u + l;
+    int N = u->cout;
+    long conv = (long)b * u_pos(u) * N;
+    const float *dz = n->dpred;
+    if (l < n->L - 1) {
+      float *d = n->dz;
+      if (u->pool > 1) {
+        const int *idx = n->idx[l];
+        long m = (long)b * u_out(u);
+        memset(d, 0, sizeof(float) * conv);
+        for (long i = 0; i < m; i++)
+          if (idx[i] >= 0) d[idx[i]] = n->g[i];
+      } else {
+        const float *mk = n->mask[l];
+        for (long i = 0; i < conv; i++) d[i] = n->g[i] * mk[i];
+      }
+      dz = d;
+    }
+    colsum((int)(b * u_pos(u)), N, dz, n->grad + n->b_off[l]);
+    /* dz is read before g is overwritten: the input gradient goes to g */
+    conv_backward(n, l, l == 0 ? x : n->out[l - 1], b, dz, n->grad + n->w_off[l],
+                  l > 0 ? n->g : NULL);
+  }
+}
+
+/* Train one CNN; the arguments are inag_qat_train's, with `units` (L x 12 ints, see Unit)
+ * in place of the widths, x in NHWC and params in this file's layout. Returns -1, the
+ * 0-based epoch of a non-finite loss, or -2 if memory ran out. */
+int inag_qat_train_cnn(int L, const int *units, const int *w_qmax, const int *a_qmax,
+                       float *params, float *act_max, float s_x, const float *x,
+                       const float *y_reg, const int64_t *y_cls, int n, const int *perm,
+                       int epochs, int bsz, const float *lr, long quant_start, float act_ema,
+                       float wd, float *epoch_loss) {
+  const Unit *u = (const Unit *)units;
+  CNet net;
+  int b_max = bsz < n ? bsz : n;
+  if (cnet_init(&net, L, u, w_qmax, a_qmax, b_max)) { cnet_free(&net); return -2; }
+  long d_in = u_in(u);
+  int *seen = calloc(L, sizeof(int));
+  float *xb = malloc(sizeof(float) * b_max * d_in);
+  if (!seen || !xb) { cnet_free(&net); free(seen); free(xb); return -2; }
+  int classes = u[L - 1].cout;
+  long step = 0;
+  int status = -1;
+  for (int e = 0; e < epochs && status == -1; e++) {
+    const int *order = perm + (long)e * n;
+    double total = 0.0;
+    for (int s0 = 0; s0 < n; s0 += bsz) {
+      int b = n - s0 < bsz ? n - s0 : bsz;
+      for (int i = 0; i < b; i++)
+        memcpy(xb + i * d_in, x + (long)order[s0 + i] * d_in, sizeof(float) * d_in);
+      int quant = step >= quant_start;
+      cnet_forward(&net, params, act_max, seen, act_ema, s_x, xb, b, 1, quant);
+      float loss = loss_grad(net.pred, y_reg, y_cls, order + s0, b, classes, net.dpred);
+      if (!isfinite(loss)) { status = e; break; }
+      cnet_backward(&net, xb, b);
+      step++;
+      adam_update(net.n_params, params, net.grad, net.m, net.v, step, lr[step - 1], wd);
+      total += (double)loss * b;
+    }
+    epoch_loss[e] = (float)(total / n);
+  }
+  cnet_free(&net);
+  free(seen);
+  free(xb);
+  return status;
+}
+
+/* Quantized inference of a trained CNN on n samples of x (NHWC): out is n x classes. */
+int inag_qat_predict_cnn(int L, const int *units, const int *w_qmax, const int *a_qmax,
+                         const float *params, const float *act_max, float s_x, const float *x,
+                         int n, int bsz, float *out) {
+  const Unit *u = (const Unit *)units;
+  CNet net;
+  int b_max = bsz < n ? bsz : n;
+  if (cnet_init(&net, L, u, w_qmax, a_qmax, b_max)) { cnet_free(&net); return -2; }
+  int *seen = calloc(L, sizeof(int));
+  float *am = malloc(sizeof(float) * L);
+  if (!seen || !am) { cnet_free(&net); free(seen); free(am); return -2; }
+  memcpy(am, act_max, sizeof(float) * (L - 1));
+  int c = u[L - 1].cout;
+  long d_in = u_in(u);
+  for (int s0 = 0; s0 < n; s0 += bsz) {
+    int b = n - s0 < bsz ? n - s0 : bsz;
+    cnet_forward(&net, params, am, seen, 0.f, s_x, x + (long)s0 * d_in, b, 0, 1);
+    memcpy(out + (long)s0 * c, net.pred, sizeof(float) * (long)b * c);
+  }
+  cnet_free(&net);
+  free(seen);
+  free(am);
+  return 0;
+}
