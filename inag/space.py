@@ -645,7 +645,7 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
         presets = _parse_conv_by_size(
             data["conv_by_size"], data["conv"], f"{source}: conv_by_size"
         )
-    channels = ()
+    channels: tuple[int, ...] = ()
     if "input_channels" in data:
         channels = _int_list(data, "input_channels", source, 1, 1 << 16)
     shape = data.get("input_shape")
