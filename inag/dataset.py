@@ -37,12 +37,15 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inag.arch import ArchSpec
 from inag.space import SearchSpace
+
+if TYPE_CHECKING:
+    from inag.tasks import TaskData
 
 SCHEMA_VERSION = 1
 DEFAULT_CHUNK = 128
@@ -685,6 +688,23 @@ def _stop_on_signals(stop: threading.Event, backend: Backend) -> Iterator[dict[s
             signal.signal(s, h)
 
 
+def bind_to_task(
+    task_spec: str, space: SearchSpace, data_seed: int = 0
+) -> tuple[TaskData, SearchSpace]:
+    """The task and ``space`` bound to it, or the error a build would raise (a space that
+    cannot take the task's input, a space the trainer cannot train) before any work starts."""
+    from inag.tasks import load_task
+
+    task = load_task(task_spec, seed=data_seed)
+    bound = space.bind(task.input_shape, task.output_size, what=f"task {task_spec!r}")
+    if bound.kind != "mlp":
+        raise DatasetError(
+            f"space {bound.name!r} is a {bound.kind}; the batched trainer "
+            "trains MLP spaces (CNN datasets are not supported yet)"
+        )
+    return task, bound
+
+
 def build_dataset(
     db: str | Path,
     task_spec: str,
@@ -707,7 +727,6 @@ def build_dataset(
     SIGINT and SIGTERM stop it cleanly: the finished chunks are written and
     :class:`SamplingInterrupted` is raised.
     """
-    from inag.tasks import load_task
     from inag.train.trainer import resolve_engine
 
     try:
@@ -715,13 +734,7 @@ def build_dataset(
     except (ValueError, RuntimeError) as exc:
         raise DatasetError(str(exc)) from None
 
-    task = load_task(task_spec, seed=data_seed)
-    space = space.bind(task.input_shape, task.output_size, what=f"task {task_spec!r}")
-    if space.kind != "mlp":
-        raise DatasetError(
-            f"space {space.name!r} is a {space.kind}; the batched trainer "
-            "trains MLP spaces (CNN datasets are not supported yet)"
-        )
+    task, space = bind_to_task(task_spec, space, data_seed)
     meta = dataset_meta(
         task_spec, task.kind, space, seed, data_seed, trainer, task_input_shape=task.input_shape
     )

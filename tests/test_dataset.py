@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -28,6 +29,7 @@ from inag.dataset import (
     DatasetError,
     DatasetStore,
     LocalBackend,
+    bind_to_task,
     build_dataset,
 )
 from inag.space import SpaceError, load_space
@@ -194,6 +196,10 @@ def test_cnn_space_on_a_non_image_task_is_refused_naming_the_shapes(tmp_path):
     assert "input_shape: space 'cnn'" in msg and "(C, H, W)" in msg
     assert "task 'data_a' has input_shape (1,)" in msg
     assert not db.exists()  # refused before anything is written
+    with pytest.raises(SpaceError, match=re.escape(msg)):
+        bind_to_task("data_a", load_space("cnn"))  # the same check, for a caller to run first
+    task, bound = bind_to_task("digits", load_space("mlp"))
+    assert task.input_shape == (1, 8, 8) and bound.input_shape == (64,)
 
 
 def test_cifar_directory_given_to_a_one_channel_space(tmp_path):
