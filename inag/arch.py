@@ -132,11 +132,12 @@ class ArchSpec:
                 raise ArchError("a cnn has its spatial (conv) layers first, then dense layers")
             fmap: tuple[int, ...] = shape
             for i, (op, layer) in enumerate(zip(ops[:first_flat], self.layers, strict=False)):
-                fmap = op.out_shape(fmap, layer)
+                before, fmap = fmap, op.out_shape(fmap, layer)
                 if min(fmap[1:]) < 1:
                     raise ArchError(
-                        f"layers[{i}] (stride {layer.stride}, pool {layer.pool}) shrinks the "
-                        f"feature map to {fmap[1]}x{fmap[2]}; it must stay at least 1x1"
+                        f"layers[{i}] (stride {layer.stride}, pool {layer.pool}) takes the "
+                        f"{before[1]}x{before[2]} feature map to {fmap[1]}x{fmap[2]} (input_shape "
+                        f"{shape}); a feature map must stay at least 1x1"
                     )
 
     @property

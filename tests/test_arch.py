@@ -257,7 +257,7 @@ def test_cnn_feature_map_shrinking_below_1x1():
     _cnn(p2, p2, p2)  # 1x1 is fine
     with pytest.raises(ArchError) as err:
         _cnn(p2, p2, p2, p2)
-    assert "layers[3] (stride 1, pool 2) shrinks the feature map to 0x0" in str(err.value)
+    assert "layers[3] (stride 1, pool 2) takes the 1x1 feature map to 0x0" in str(err.value)
     # stride: 8 -s4-> 2 -s4-> 1, then a pool of 2 empties it
     s4 = LayerSpec(4, 8, "conv", kernel=3, stride=4)
     _cnn(s4, s4, s4)  # strides alone never go below 1x1 with 'same' padding

@@ -165,3 +165,22 @@ def test_sample_as_a_subprocess(tmp_path):
     )
     assert bad.returncode == 2 and "trainer configuration" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_dataset_info_shows_the_task_shape_and_the_space_input(tmp_path, capsys):
+    db = tmp_path / "d.sqlite"
+    assert main(["sample", "--task", "digits", "-n", "2", "--db", str(db), "--epochs", "1",
+                 "--restarts", "1", "--workers", "1"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["dataset", "info", str(db)]) == 0
+    assert "input shape 1x8x8, mlp space input 64" in capsys.readouterr().out
+    assert main(["dataset", "info", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["task_input_shape"] == [1, 8, 8]
+
+
+def test_sample_refuses_a_cnn_space_on_tabular_data_before_any_work(tmp_path, capsys):
+    db = tmp_path / "d.sqlite"
+    assert main(["sample", "--task", "data_a", "--space", "cnn", "-n", "2", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "needs (C, H, W) image input" in err and "training" not in err
+    assert not db.exists()

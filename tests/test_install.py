@@ -153,6 +153,6 @@ def test_cli_start_up_needs_only_the_base_install() -> None:
         assert heavy not in loaded, f"`inag platforms list` imported {heavy}"
 
 
-@pytest.mark.parametrize("extra", ["onnx", "tvm", "ray", "search", "dev", "all"])
+@pytest.mark.parametrize("extra", ["onnx", "tvm", "ray", "search", "device", "data", "dev", "all"])
 def test_extras_are_declared(extra: str) -> None:
     assert extra in _requirements()

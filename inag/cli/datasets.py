@@ -106,6 +106,7 @@ def sample(
         LocalBackend,
         RayBackend,
         SamplingInterrupted,
+        bind_to_task,
         build_dataset,
     )
     from inag.space import load_space
@@ -126,6 +127,10 @@ def sample(
     if workers is not None and workers < 1:
         raise CliError(f"--workers must be at least 1, found {workers}")
     _check_db_out(db)
+    try:  # a space that cannot take the task's input: refused before any work starts
+        bind_to_task(task, load_space(space), data_seed)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
     if backend == "local":
         be: Any = LocalBackend(workers)
     elif backend == "ray":
@@ -197,7 +202,10 @@ def dataset_info(
         typer.echo(json.dumps(info, indent=2))
         return
     c = info["counts"]
-    shape = "x".join(str(d) for d in info["input_shape"] or []) or "?"
+    task_shape = info.get("task_input_shape") or info["input_shape"]
+    shape = "x".join(str(d) for d in task_shape or []) or "?"
+    if info["input_shape"] and list(task_shape) != list(info["input_shape"]):
+        shape += f", {info['space']} space input " + "x".join(str(d) for d in info["input_shape"])
     typer.echo(
         f"{info['path']}: task {info['task']} ({info['task_kind'] or 'unknown kind'}, input "
         f"shape {shape}, {info['output_size']} output(s)), space {info['space']}"
