@@ -110,6 +110,8 @@ class DatasetStore:
 
     def __init__(self, path: str | Path, create: bool = False):
         self.path = Path(path)
+        if not create and not self.path.exists() and not self.path.suffix:
+            self.path = resolve_dataset(self.path)  # a bundled dataset by name (data_a)
         if self.path.is_dir():
             raise DatasetError(f"{self.path} is a directory; expected a dataset file (SQLite)")
         if not create and not self.path.is_file():
@@ -372,6 +374,95 @@ def check_dataset_file(path: Path, allow_empty: bool = False) -> None:
 def _short(v: Any) -> str:
     text = json.dumps(v, sort_keys=True) if not isinstance(v, str) else repr(v)
     return text if len(text) < 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------------------- bundled datasets
+# A shipped dataset decompresses to a few MB; more means a corrupt or hostile archive.
+MAX_BUNDLED_BYTES = 256 * 1024 * 1024
+BUNDLED_SUFFIX = ".sqlite.gz"
+
+
+def dataset_hash(archs: Sequence[ArchSpec], perf: np.ndarray) -> str:
+    """Content hash of (architecture, label) pairs: a generator records the one it learned."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a, p in zip(archs, perf, strict=True):
+        h.update(f"{a.arch_id}:{p:.9g};".encode())
+    return h.hexdigest()[:16]
+
+
+def bundled_datasets() -> dict[str, Path]:
+    """The datasets the bundled generators were trained on, by name: ``inag/models/NAME``
+    ``.sqlite.gz`` beside ``NAME.nagan`` (gzip of the finished SQLite file)."""
+    from importlib import resources
+
+    root = Path(str(resources.files("inag").joinpath("models")))
+    return {
+        p.name.removesuffix(BUNDLED_SUFFIX): p for p in sorted(root.glob(f"*{BUNDLED_SUFFIX}"))
+    }
+
+
+def resolve_dataset(ref: str | Path) -> Path:
+    """A dataset file by path, or a bundled dataset by bare name (``data_a``), unpacked once
+    into the cache (``<cache>/datasets/NAME-<sha>.sqlite``, keyed by the archive's content)."""
+    path = Path(ref)
+    if path.exists() or path.suffix or path.parent != Path("."):
+        return path
+    bundled = bundled_datasets()
+    if str(path) not in bundled:
+        raise DatasetError(
+            f"no dataset at {path} and no bundled dataset of that name (bundled: "
+            f"{', '.join(bundled) or 'none'})"
+        )
+    return _unpack(bundled[str(path)])
+
+
+def _unpack(gz: Path) -> Path:
+    import gzip
+    import hashlib
+    import io
+
+    from inag.hostinfo import cache_root
+    from inag.safe_io import atomic_write_bytes
+
+    data = gz.read_bytes()
+    name = gz.name.removesuffix(BUNDLED_SUFFIX)
+    out = cache_root() / "datasets" / f"{name}-{hashlib.sha256(data).hexdigest()[:16]}.sqlite"
+    if out.is_file():
+        return out
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+        raw = f.read(MAX_BUNDLED_BYTES + 1)
+    if len(raw) > MAX_BUNDLED_BYTES:
+        raise DatasetError(f"{gz}: expands beyond {MAX_BUNDLED_BYTES:,} bytes; reinstall inag")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, raw)
+    return out
+
+
+def model_dataset(meta: dict[str, Any]) -> tuple[Path | None, list[str]]:
+    """The dataset a generator learned from, and what was looked at: the file it recorded
+    where it exists, else the bundled dataset of that file's name; either only if its content
+    hash is the one the generator records (a different build of the same name is refused)."""
+    recorded = meta.get("dataset")
+    if not recorded:
+        return None, ["the model records no dataset"]
+    tried: list[str] = []
+    candidates = [Path(recorded)]
+    gz = bundled_datasets().get(Path(recorded).name.removesuffix(".sqlite"))
+    if gz is not None:
+        candidates.append(gz)
+    for cand in candidates:
+        if not cand.is_file():
+            tried.append(f"{cand} (absent)")
+            continue
+        path = _unpack(cand) if cand.name.endswith(BUNDLED_SUFFIX) else cand
+        with DatasetStore(path) as store:
+            archs, perf = store.archs_and_performance()
+        if dataset_hash(archs, perf) == meta.get("dataset_hash"):
+            return path, tried
+        tried.append(f"{cand} (other content: hash {dataset_hash(archs, perf)})")
+    return None, tried
 
 
 # ---------------------------------------------------------------------------- training chunks
@@ -692,16 +783,11 @@ def bind_to_task(
     task_spec: str, space: SearchSpace, data_seed: int = 0
 ) -> tuple[TaskData, SearchSpace]:
     """The task and ``space`` bound to it, or the error a build would raise (a space that
-    cannot take the task's input, a space the trainer cannot train) before any work starts."""
+    cannot take the task's input) before any work starts."""
     from inag.tasks import load_task
 
     task = load_task(task_spec, seed=data_seed)
     bound = space.bind(task.input_shape, task.output_size, what=f"task {task_spec!r}")
-    if bound.kind != "mlp":
-        raise DatasetError(
-            f"space {bound.name!r} is a {bound.kind}; the batched trainer "
-            "trains MLP spaces (CNN datasets are not supported yet)"
-        )
     return task, bound
 
 

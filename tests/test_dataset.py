@@ -281,11 +281,19 @@ def test_not_a_dataset(tmp_path):
     assert not (tmp_path / "missing.sqlite").exists()
 
 
-def test_cnn_space_is_refused(tmp_path):
-    with pytest.raises(DatasetError, match="cnn"):
-        build_dataset(
-            tmp_path / "c.sqlite", "digits", load_space("cnn"), 4, 0, TINY, LocalBackend(1)
-        )
+def test_a_cnn_dataset_on_digits_builds_and_resumes_to_the_same_rows(tmp_path):
+    whole, parts = tmp_path / "whole.sqlite", tmp_path / "parts.sqlite"
+    build(whole, n=12, task="digits", space="cnn", chunk=4)
+    build(parts, n=6, task="digits", space="cnn", chunk=4)
+    build(parts, n=12, task="digits", space="cnn", chunk=4)  # resumed
+    rows = read_rows(whole)
+    assert len(rows) == 12 and all(r[1] == "ok" for r in rows.values())
+    assert {k: r[:4] for k, r in rows.items()} == {k: r[:4] for k, r in read_rows(parts).items()}
+    with DatasetStore(whole) as store:
+        archs, perf = store.archs_and_performance()
+        assert store.meta()["task_input_shape"] == [1, 8, 8]
+    assert all(a.kind == "cnn" and a.input_shape == (1, 8, 8) for a in archs)
+    assert perf.min() >= 0.0 and perf.max() <= 1.0 and perf.std() > 0
 
 
 # ---------------------------------------------------------------------------- crash safety

@@ -305,12 +305,26 @@ def test_bad_architecture_inputs(tmp_path, capsys):
         capsys,
     )
     assert "takes 3 inputs" in err
-    cnn = ArchSpec("cnn", (1, 8, 8), 10, (LayerSpec(4, 4, "conv", kernel=3),))
+    cnn = ArchSpec("cnn", (1, 28, 28), 10, (LayerSpec(4, 4, "conv", kernel=3),))
     err = run_err(
         ["train-net", cnn.to_json(), "--task", "digits", "--out", str(tmp_path / "n.safetensors")],
         capsys,
     )
-    assert "CNN" in err
+    assert "takes (1, 28, 28), task has (1, 8, 8)" in err
+
+
+@pytest.mark.parametrize("target", ["onnx", "c"])
+def test_a_cnn_trains_and_exports_bit_exact_from_the_cli(tmp_path, target, capsys):
+    cnn = ArchSpec.from_summary("c6k3p2@6-c8k3@4-16@5 | head@8", (1, 8, 8), 10)
+    net = tmp_path / "cnn.safetensors"
+    assert main(["train-net", cnn.to_json(), "--task", "digits", "--epochs", "3", "--out",
+                 str(net)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    qat = float(out.split("QAT performance ")[1].split(",")[0])
+    assert qat > 0.5  # 10 classes: well above chance after 3 epochs
+    argv = ["export", "--target", target, "--net", str(net), "--out", str(tmp_path / target)]
+    assert main([*argv, "--platform", "cortex_m"]) == 0
+    assert "self-check: bit-exact vs the integer reference" in capsys.readouterr().out
 
 
 def _mcu_descriptor(tmp_path: Path, name: str, cpu: str, isa: str) -> Path:

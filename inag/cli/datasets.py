@@ -190,7 +190,12 @@ def sample(
 
 @dataset_app.command("info")
 def dataset_info(
-    db: Annotated[Path, typer.Argument(help="Dataset file made by `inag sample`.")],
+    db: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset file made by `inag sample`, or a bundled one by name (data_a)."
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Counts, performance quantiles and bit-width / width coverage of a dataset."""
@@ -230,7 +235,12 @@ def dataset_info(
 
 @dataset_app.command("export")
 def dataset_export(
-    db: Annotated[Path, typer.Argument(help="Dataset file made by `inag sample`.")],
+    db: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset file made by `inag sample`, or a bundled one by name (data_a)."
+        ),
+    ],
     csv_out: Annotated[Path, typer.Option("--csv", help="CSV file to write.")],
 ) -> None:
     """Write every row (ok and failed) as CSV."""

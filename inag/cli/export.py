@@ -97,16 +97,10 @@ def train_net(
 ) -> tuple[Path, dict[str, Any]]:
     """The final QAT training of one architecture, saved as a net file; returns a summary."""
     from export import reference
+    from export.artifacts import prepare_out_dir
     from export.qnet import QuantizedNet, save_net_file
     from inag.tasks import load_task, performance
     from inag.train.trainer import TrainerConfig, train_final
-
-    if arch.kind != "mlp":
-        raise _err(
-            f"train-net trains MLPs (the QAT trainer has no conv layers yet); {arch.summary()} "
-            "is a CNN"
-        )
-    from export.artifacts import prepare_out_dir
 
     prepare_out_dir(Path(out).parent)  # fail before training, not after
     task = load_task(task_spec, seed)

@@ -23,7 +23,9 @@ from inag.cli.options import CliError
 
 
 def train(
-    db: Annotated[Path, typer.Option(help="Dataset file made by `inag sample`.")],
+    db: Annotated[
+        Path, typer.Option(help="Dataset file made by `inag sample`, or a bundled one: data_a.")
+    ],
     out: Annotated[Path, typer.Option(help="Artifact to write (safetensors + metadata).")],
     seed: Annotated[int, typer.Option(help="Seed of splits, initialization and GAN noise.")] = 0,
     gan_steps: Annotated[
@@ -189,7 +191,7 @@ def evaluate(
 
     import numpy as np
 
-    from inag.dataset import DatasetStore
+    from inag.dataset import DatasetStore, model_dataset
     from inag.nagan import fit_nagan
     from inag.nagan.evaluate import evaluate as run_eval
     from inag.nagan.evaluate import noise_floor, write_report
@@ -200,11 +202,11 @@ def evaluate(
     sizes_list = _int_list_option(train_sizes, "--train-sizes") if train_sizes else []
     m = load_model(model)
     check_bag_size(n, m, "evaluate")
-    db = m.meta.get("dataset")
-    if not db or not Path(db).is_file():
+    db, tried = model_dataset(m.meta)
+    if db is None:
         raise CliError(
-            f"the model's dataset {db!r} is not available (needed for the trainer "
-            "budget, baselines and noise floor)"
+            f"the model's dataset {m.meta.get('dataset')!r} is not available (needed for the "
+            f"trainer budget, baselines and noise floor); looked at: {'; '.join(tried)}"
         )
     with DatasetStore(db) as store:
         archs, perf = store.archs_and_performance()

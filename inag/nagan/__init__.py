@@ -613,13 +613,6 @@ def train_gan(
     return G, D, stats
 
 
-def dataset_hash(archs: Sequence[ArchSpec], perf: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a, p in zip(archs, perf, strict=True):
-        h.update(f"{a.arch_id}:{p:.9g};".encode())
-    return h.hexdigest()[:16]
-
-
 def fit_nagan(
     space: SearchSpace,
     archs: Sequence[ArchSpec],
@@ -644,7 +637,7 @@ def fit_nagan(
     report = train_encoder(enc, x, c, cfg, space, progress)
     t0 = time.perf_counter()
     G, D, stats = train_gan(space, enc, x, c, cfg, progress)
-    from inag.dataset import library_versions
+    from inag.dataset import dataset_hash, library_versions
 
     meta = {
         "dataset_hash": dataset_hash(archs, perf),
