@@ -16,20 +16,209 @@
  * and conv weights are (k, k, cin) x cout matrices: im2col rows of one output position are
  * (ky, kx, ci) with ci contiguous, copied from the NHWC input a kernel row at a time.
  *
- * Convolution = im2col + the register-blocked GEMMs of qat_mlp.c (affine, grad_w), a tile of
- * samples at a time so the column matrix (<= TILE_FLOATS floats) stays in L2:
+ * Convolution = im2col + the register-blocked GEMMs of qat_mlp.c (affine, grad_w; 16 floats
+ * wide where AVX-512 is there, see below), a tile of samples at a time so the column matrix
+ * (<= TILE_FLOATS floats) stays in L2:
  *   forward   Z_tile = cols(A_tile) @ Wq + b           (epilogue: range max, ReLU mask)
  *   backward  gW += cols(A_tile)^T @ dZ_tile; dA += col2im(dZ_tile @ Wq^T)
- * A 1x1 stride-1 conv and a dense unit read their input as is (no copy). Measured choice
- * (benchmarks/bench_trainer.py --space cnn, docs/dataset.md): im2col and col2im take a
- * small share of the time next to the GEMMs they feed, so a direct convolution could at
- * best save that share, and would need its own micro-kernels for every (k, stride) shape.
+ * A 1x1 stride-1 conv and a dense unit read their input as is (no copy).
+ * Why im2col and not a direct convolution, measured (perf, 16 sampled digits CNNs, one
+ * thread): im2col + col2im take 12-17 % of the run and the GEMMs they feed 55-60 %, at
+ * 90-100 useful GFLOP/s. A direct convolution can at best save that 12-17 %, and would need
+ * its own micro-kernels per (kernel, stride) shape; the GEMMs are shared and tuned already.
+ * The tile size barely matters (16K, 64K, 256K floats: within the run-to-run noise).
  *
  * The tile size depends only on the unit's shape and the minibatch size, so every summation
  * order is fixed by the net alone: a net's result is bit for bit independent of its chunk,
  * its companions and the thread count.
  */
 #include "qat_mlp.c"
+
+/* ------------------------------------------------------------------ 16-wide GEMM (AVX-512)
+ * Where the CPU has AVX-512 (the library is built with -march=native), the CNN GEMMs run
+ * their column strips 16 floats wide: the same blocking as qat_mlp.c's `block` (RB rows x NV
+ * vectors of accumulators, B vectors and one broadcast in registers; 32 registers here), and
+ * qat_mlp.c's 8-wide kernels take the columns left over. The MLP kernels keep their own
+ * (8-wide) summation order, so their numbers do not change. */
+#if defined(__AVX512F__)
+typedef float v16f __attribute__((vector_size(64)));
+typedef float v16fu __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int v16i __attribute__((vector_size(64)));
+#define VW 16
+INLINE v16f ld16(const float *p) { return *(const v16fu *)p; }
+INLINE void st16(float *p, v16f v) { *(v16fu *)p = v; }
+INLINE v16f splat16(float x) { return (v16f){0} + x; }
+INLINE v16f vmax16(v16f a, v16f b) {
+  v16i gt = a > b;
+  return (v16f)(((v16i)a & gt) | ((v16i)b & ~gt));
+}
+
+INLINE void block16(int NV, int RB, int r0, int T, const float *A, long ar, long at,
+                    const float *B, long ldb, const float *bias, float *C, long ldc,
+                    const Epi *e) {
+  v16f c[8][2];
+#pragma GCC unroll 8
+  for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) c[q][v] = bias ? ld16(bias + VW * v) : splat16(0.f);
+  const float *a = A + r0 * ar;
+  int t = 0;
+  if (RB * NV <= 4) { /* a remainder block: a second set of accumulators for odd t */
+    v16f d[4][2];
+#pragma GCC unroll 8
+    for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) d[q][v] = splat16(0.f);
+    for (; t + 1 < T; t += 2) {
+      const float *b = B + t * ldb;
+      v16f bv[2], bw[2];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) {
+        bv[v] = ld16(b + VW * v);
+        bw[v] = ld16(b + ldb + VW * v);
+      }
+#pragma GCC unroll 8
+      for (int q = 0; q < RB; q++) {
+        v16f x = splat16(a[q * ar + t * at]), y = splat16(a[q * ar + (t + 1) * at]);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) {
+          c[q][v] += x * bv[v];
+          d[q][v] += y * bw[v];
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) c[q][v] += d[q][v];
+  }
+  for (; t < T; t++) {
+    const float *b = B + t * ldb;
+    v16f bv[2];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) bv[v] = ld16(b + VW * v);
+#pragma GCC unroll 8
+    for (int q = 0; q < RB; q++) {
+      v16f x = splat16(a[q * ar + t * at]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) c[q][v] += x * bv[v];
+    }
+  }
+  if (e) {
+    if (e->mask)
+#pragma GCC unroll 8
+      for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) c[q][v] *= ld16(e->mask + (r0 + q) * ldc + VW * v);
+    if (e->max) {
+      v16f m = splat16(0.f);
+#pragma GCC unroll 8
+      for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) m = vmax16(c[q][v], m);
+      v8f lo = {m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]};
+      v8f hi = {m[8], m[9], m[10], m[11], m[12], m[13], m[14], m[15]};
+      *e->max = vmax(*e->max, vmax(lo, hi));
+    }
+    if (e->relu_mask)
+#pragma GCC unroll 8
+      for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) {
+          v16i pos = c[q][v] > splat16(0.f);
+          st16(e->relu_mask + (r0 + q) * ldc + VW * v, (v16f)(pos & (v16i)splat16(1.f)));
+          c[q][v] = (v16f)(pos & (v16i)c[q][v]);
+        }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < RB; q++)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) st16(C + (r0 + q) * ldc + VW * v, c[q][v]);
+}
+
+#define STRIP16(NV, RB)                                                                     \
+  static void strip16_##NV(int R, int T, const float *A, long ar, long at, const float *B,  \
+                           long ldb, const float *bias, float *C, long ldc, const Epi *e) { \
+    int r = 0;                                                                              \
+    for (; r + RB <= R; r += RB) block16(NV, RB, r, T, A, ar, at, B, ldb, bias, C, ldc, e);  \
+    switch (R - r) {                                                                        \
+      case 7: block16(NV, 7, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
+      case 6: block16(NV, 6, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
+      case 5: block16(NV, 5, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
+      case 4: block16(NV, 4, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
+      case 3: block16(NV, 3, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
+      case 2: block16(NV, 2, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
+      case 1: block16(NV, 1, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
+      default: break;                                                                       \
+    }                                                                                       \
+  }
+STRIP16(2, 8)
+STRIP16(1, 8)
+#endif
+
+/* matmul_vec, 16 columns at a time where AVX-512 is there: columns [0, returned) done. */
+static int matmul_wide(int R, int T, int N, const float *A, long ar, long at, const float *B,
+                       long ldb, const float *bias, float *C, long ldc, const Epi *e) {
+  int j = 0;
+#if defined(__AVX512F__)
+  Epi ej;
+  for (; j + 2 * VW <= N; j += 2 * VW) {
+    if (e) epi_at(e, &ej, j);
+    strip16_2(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, e ? &ej : 0);
+  }
+  if (j + VW <= N) {
+    if (e) epi_at(e, &ej, j);
+    strip16_1(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, e ? &ej : 0);
+    j += VW;
+  }
+  if (j == N) return j;
+  Epi er;
+  if (e) epi_at(e, &er, j);
+  return j + matmul_vec(R, T, N - j, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc,
+                        e ? &er : 0);
+#else
+  return matmul_vec(R, T, N, A, ar, at, B, ldb, bias, C, ldc, e) + j;
+#endif
+}
+
+/* qat_mlp.c's affine and grad_w on the wide GEMM (the same code otherwise). */
+static void affine_w(int R, int K, int N, const float *A, const float *W, const float *WT,
+                     const float *bias, float *C, const Epi *e) {
+  int j = matmul_wide(R, K, N, A, K, 1, W, N, bias, C, N, e);
+  if (j == N) return;
+  dots(R, K, j, N, A, WT, bias, C);
+  if (!e) return;
+  for (int r = 0; r < R; r++)
+    for (int q = j; q < N; q++) {
+      long i = (long)r * N + q;
+      if (e->mask) C[i] *= e->mask[i];
+      if (e->max && C[i] > (*e->max)[0]) (*e->max)[0] = C[i];
+      if (e->relu_mask) {
+        e->relu_mask[i] = C[i] > 0.f ? 1.f : 0.f;
+        C[i] = C[i] > 0.f ? C[i] : 0.f;
+      }
+    }
+}
+
+static void grad_w_w(int R, int K, int N, const float *A, const float *dZ, float *gW,
+                     float *tmp) {
+  int j = matmul_wide(K, R, N, A, 1, K, dZ, N, 0, gW, N, NULL);
+  if (j == N) return;
+  int nt = N - j;
+  int k = matmul_wide(nt, R, K, dZ + j, 1, N, A, K, 0, tmp, K, NULL);
+  for (int q = 0; q < nt; q++)
+    for (int kk = k; kk < K; kk++) {
+      float s[4] = {0.f, 0.f, 0.f, 0.f};
+      int i = 0;
+      for (; i + 4 <= R; i += 4)
+        for (int u = 0; u < 4; u++)
+          s[u] += dZ[(long)(i + u) * N + j + q] * A[(long)(i + u) * K + kk];
+      for (; i < R; i++) s[0] += dZ[(long)i * N + j + q] * A[(long)i * K + kk];
+      tmp[(long)q * K + kk] = (s[0] + s[1]) + (s[2] + s[3]);
+    }
+  for (int q = 0; q < nt; q++)
+    for (int kk = 0; kk < K; kk++) gW[(long)kk * N + j + q] = tmp[(long)q * K + kk];
+}
 
 /* One unit's shapes as the trainer passes them (12 ints): input (h, w, cin), conv output
  * (oh, ow, cout), kernel k, stride s, padding pad, pool window, pooled size (ph, pw). */
@@ -156,14 +345,17 @@ static void im2col(const Unit *u, const float *a, int n0, int nt, float *cols) {
         int kx0 = x0 < 0 ? -x0 : 0, kx1 = x0 + k > W ? W - x0 : k;
         for (int ky = 0; ky < k; ky++, c += row) {
           int iy = oy * u->s - u->pad + ky;
+          /* plain loops, not memcpy/memset: the runs are short (k * cin floats; 1 channel
+           * at the input), where a libc call costs more than the copy */
           if (iy < 0 || iy >= H || kx1 <= kx0) {
-            memset(c, 0, sizeof(float) * row);
+            for (long i = 0; i < row; i++) c[i] = 0.f;
             continue;
           }
-          if (kx0) memset(c, 0, sizeof(float) * kx0 * C);
-          memcpy(c + (long)kx0 * C, an + ((long)iy * W + x0 + kx0) * C,
-                 sizeof(float) * (kx1 - kx0) * C);
-          if (kx1 < k) memset(c + (long)kx1 * C, 0, sizeof(float) * (k - kx1) * C);
+          long lo = (long)kx0 * C, hi = (long)kx1 * C;
+          const float *src = an + ((long)iy * W + x0 + kx0) * C;
+          for (long i = 0; i < lo; i++) c[i] = 0.f;
+          for (long i = lo; i < hi; i++) c[i] = src[i - lo];
+          for (long i = hi; i < row; i++) c[i] = 0.f;
         }
       }
   }
@@ -199,7 +391,7 @@ static void conv_forward(const CNet *n, int l, const float *a, int b, const floa
   int K = u_fan(u), N = u->cout, T = n->tile[l];
   long pos = u_pos(u);
   if (!T) {
-    affine((int)(b * pos), K, N, a, Wq, WqT, bq, z, e);
+    affine_w((int)(b * pos), K, N, a, Wq, WqT, bq, z, e);
     return;
   }
   for (int s0 = 0; s0 < b; s0 += T) {
@@ -210,7 +402,7 @@ static void conv_forward(const CNet *n, int l, const float *a, int b, const floa
       et = *e;
       if (et.relu_mask) et.relu_mask += s0 * pos * N;
     }
-    affine((int)(nt * pos), K, N, n->cols, Wq, WqT, bq, z + s0 * pos * N, e ? &et : NULL);
+    affine_w((int)(nt * pos), K, N, n->cols, Wq, WqT, bq, z + s0 * pos * N, e ? &et : NULL);
   }
 }
 
@@ -222,8 +414,8 @@ static void conv_backward(const CNet *n, int l, const float *a, int b, const flo
   long pos = u_pos(u);
   const float *Wq = n->wq + n->w_off[l], *WqT = n->wqT + n->w_off[l];
   if (!T) {
-    grad_w((int)(b * pos), K, N, a, dz, gW, n->tmp);
-    if (da) affine((int)(b * pos), N, K, dz, WqT, Wq, NULL, da, NULL);
+    grad_w_w((int)(b * pos), K, N, a, dz, gW, n->tmp);
+    if (da) affine_w((int)(b * pos), N, K, dz, WqT, Wq, NULL, da, NULL);
     return;
   }
   if (da) memset(da, 0, sizeof(float) * b * u_in(u));
@@ -233,13 +425,13 @@ static void conv_backward(const CNet *n, int l, const float *a, int b, const flo
     const float *dzt = dz + s0 * pos * N;
     im2col(u, a, s0, nt, n->cols);
     if (s0 == 0) {
-      grad_w(R, K, N, n->cols, dzt, gW, n->tmp);
+      grad_w_w(R, K, N, n->cols, dzt, gW, n->tmp);
     } else {
-      grad_w(R, K, N, n->cols, dzt, n->gtmp, n->tmp);
+      grad_w_w(R, K, N, n->cols, dzt, n->gtmp, n->tmp);
       for (long i = 0; i < (long)K * N; i++) gW[i] += n->gtmp[i];
     }
     if (da) {
-      affine(R, N, K, dzt, WqT, Wq, NULL, n->dcols, NULL);
+      affine_w(R, N, K, dzt, WqT, Wq, NULL, n->dcols, NULL);
       col2im_add(u, n->dcols, s0, nt, da);
     }
   }
