@@ -51,9 +51,9 @@ from inag.select.baselines import (
     BaselineResult,
     TrainEvaluator,
     search,
-    single_threaded,
     train_evaluator,
 )
+from inag.threads import single_threaded
 
 TARGET_POINTS = 1.0  # the target: INAG within 1 point of the best baseline
 

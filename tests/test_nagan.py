@@ -383,3 +383,20 @@ def test_evaluate_and_report(tiny_model: Nagan, tiny_dataset, tmp_path: Path) ->
 def test_generated_arch_json_round_trip(tiny_model: Nagan) -> None:
     for a in tiny_model.generate(0.5, 50):
         assert ArchSpec.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+
+
+def test_inference_runs_single_threaded_and_restores_the_callers_threads(tiny_model) -> None:
+    """Tiny ops on more threads only fight over the cores (inag.threads): the encoder and
+    generator run on one, and the caller's setting is back afterwards."""
+    seen: list[int] = []
+    hook = tiny_model.encoder.register_forward_hook(
+        lambda *_: seen.append(torch.get_num_threads())
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tiny_model.estimate(tiny_model.generate(0.5, 8, seed=0))
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)

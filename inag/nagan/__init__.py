@@ -38,6 +38,7 @@ from torch import nn
 from inag.arch import ArchSpec
 from inag.safe_io import atomic_write_bytes, load_json
 from inag.space import SearchSpace, space_from_dict
+from inag.threads import one_thread, single_threaded
 
 ARTIFACT_FORMAT = "inag-nagan-v1"
 
@@ -156,6 +157,7 @@ class Nagan:
         return np.asarray(c, dtype=np.float64) * self.p_range + self.p_min
 
     # ------------------------------------------------------------------ inference
+    @one_thread
     @torch.no_grad()
     def estimate(self, archs: Sequence[ArchSpec]) -> np.ndarray:
         """Encoder estimate of the normalized performance (c units) of ``archs``."""
@@ -165,6 +167,7 @@ class Nagan:
         self.encoder.eval()
         return self.encoder(x).numpy().astype(np.float64)
 
+    @one_thread
     @torch.no_grad()
     def estimate_encoded(self, x: np.ndarray) -> np.ndarray:
         """Encoder estimate for canonical encodings (no ArchSpec objects needed)."""
@@ -175,6 +178,7 @@ class Nagan:
             .astype(np.float64)
         )
 
+    @one_thread
     @torch.no_grad()
     def generate_encoded(self, condition: float, n: int, seed: int = 0) -> np.ndarray:
         """Canonical encodings of a bag of ``n`` generated architectures (with repeats)."""
@@ -217,9 +221,10 @@ class Nagan:
             rest = n - start - size
             if rest > 0 and rest * latent < 16:
                 size += rest
-            z = torch.randn(size, latent, generator=gen)
-            c = torch.full((size,), float(condition))
-            enc = self.space.canonical_many(self.generator(z, c).numpy())
+            with single_threaded():
+                z = torch.randn(size, latent, generator=gen)
+                c = torch.full((size,), float(condition))
+                enc = self.space.canonical_many(self.generator(z, c).numpy())
             yield self.space.decode_many(enc)
             start += size
 
@@ -632,11 +637,12 @@ def fit_nagan(
     p_range = p_max - p_min
     c = ((perf - p_min) / p_range).astype(np.float32)
     x = space.encode_many(archs).astype(np.float32)
-    torch.manual_seed(cfg.seed)
-    enc = Encoder(space.dim, cfg.enc_hidden)
-    report = train_encoder(enc, x, c, cfg, space, progress)
-    t0 = time.perf_counter()
-    G, D, stats = train_gan(space, enc, x, c, cfg, progress)
+    with single_threaded():  # tiny ops: more threads only fight (inag.threads)
+        torch.manual_seed(cfg.seed)
+        enc = Encoder(space.dim, cfg.enc_hidden)
+        report = train_encoder(enc, x, c, cfg, space, progress)
+        t0 = time.perf_counter()
+        G, D, stats = train_gan(space, enc, x, c, cfg, progress)
     from inag.dataset import dataset_hash, library_versions
 
     meta = {

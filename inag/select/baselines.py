@@ -48,6 +48,7 @@ from hwmodels import quantities
 from inag.arch import ArchSpec, LayerSpec
 from inag.platform import Platform
 from inag.space import SearchSpace
+from inag.threads import single_threaded
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -506,31 +507,6 @@ def _sampler(method: str, seed: int, population_size: int) -> optuna.samplers.Ba
     if method == "tpe":
         return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, **kw)
     return optuna.samplers.GPSampler(**kw)
-
-
-@contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch, OpenMP and BLAS on one thread each, then restore the caller's settings.
-
-    Measured on this project's 2-core machines under load from other processes: training 16
-    candidates took 7 s with one torch thread and 520 s with two, and a GP ask took 1 s
-    instead of up to 80 s — spinning OpenMP/BLAS workers fight over the cores. The dataset
-    workers run single-threaded for the same reason.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover - scikit-learn pulls it in
-            yield
-        else:
-            with threadpool_limits(limits=1):
-                yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @contextmanager
