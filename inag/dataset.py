@@ -440,6 +440,27 @@ def _unpack(gz: Path) -> Path:
     return out
 
 
+def pack_dataset(src: str | Path, out: str | Path) -> Path:
+    """Write ``src`` as a shippable archive (``NAME.sqlite.gz``): one self-contained SQLite
+    file (WAL checkpointed, journal mode DELETE, vacuumed), gzip'd reproducibly (mtime 0)."""
+    import gzip
+    import shutil
+    import tempfile
+
+    from inag.safe_io import atomic_write_bytes
+
+    with DatasetStore(src) as store:
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "d.sqlite"
+        shutil.copy(src, copy)
+        con = sqlite3.connect(copy)
+        con.execute("PRAGMA journal_mode=DELETE")
+        con.execute("VACUUM")
+        con.close()
+        return atomic_write_bytes(out, gzip.compress(copy.read_bytes(), 9, mtime=0))
+
+
 def model_dataset(meta: dict[str, Any]) -> tuple[Path | None, list[str]]:
     """The dataset a generator learned from, and what was looked at: the file it recorded
     where it exists, else the bundled dataset of that file's name; either only if its content

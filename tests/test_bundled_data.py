@@ -92,3 +92,13 @@ def test_every_bundled_generator_ships_its_dataset():
     from inag.nagan import bundled_models
 
     assert set(bundled_models()) <= set(ds.bundled_datasets())
+
+
+def test_pack_dataset_is_reproducible_and_round_trips(tiny_dataset: Any, tmp_path: Path):
+    a = ds.pack_dataset(tiny_dataset.db, tmp_path / "a.sqlite.gz")
+    b = ds.pack_dataset(tiny_dataset.db, tmp_path / "b.sqlite.gz")
+    assert a.read_bytes() == b.read_bytes()
+    (tmp_path / "u.sqlite").write_bytes(gzip.decompress(a.read_bytes()))
+    with DatasetStore(tmp_path / "u.sqlite") as store:
+        archs, perf = store.archs_and_performance()
+    assert ds.dataset_hash(archs, perf) == ds.dataset_hash(tiny_dataset.archs, tiny_dataset.perf)
