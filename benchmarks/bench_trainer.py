@@ -247,7 +247,7 @@ def main() -> None:
         ("C engine useful GFLOP/s (no padding computed)", f"{g_useful:.2f}"),
         ("C engine useful / sgemm", f"{100 * g_useful / g_sgemm:.1f}%"),
     ]
-    if ("c", 1) in wall:
+    if ("c", 1) in wall and threads > 1:
         t_1 = statistics.median(wall["c", 1])
         rows += [
             ("C engine, 1 thread: wall s (median)", f"{t_1:.2f}"),
@@ -260,26 +260,31 @@ def main() -> None:
                 ("plain, 1 torch thread: trained nets/s", f"{nets_p1:.3f}"),
                 ("RATIO C engine / plain, both 1 thread", f"{runs / t_1 / nets_p1:.1f}x"),
             ]
-    if plan is not None:
+    if ("torch", threads) in wall:
         t_t = statistics.median(wall["torch", threads])
-        padded = flops_per_mac * plan.padded_macs
-        ceil_useful, ceil_padded = bmm_ceiling_gflops(plan, cfg.batch_size)
         rows += [
             ("torch engine: wall s (median)", f"{t_t:.2f}"),
             ("torch engine: all runs, s", " ".join(f"{s:.1f}" for s in wall["torch", threads])),
+            ("torch engine: trained nets/s", f"{runs / t_t:.2f}"),
             ("RATIO torch engine / plain (nets/s)", f"{runs / t_t / nets_p:.1f}x"),
             ("RATIO C engine / torch engine (same run)", f"{t_t / t_b:.2f}x"),
             ("torch engine useful GFLOP/s", f"{useful / t_t / 1e9:.2f}"),
             ("torch engine useful / sgemm", f"{100 * useful / t_t / 1e9 / g_sgemm:.1f}%"),
+        ]
+        if ("torch", 1) in wall and threads > 1:
+            t_t1 = statistics.median(wall["torch", 1])
+            rows.append(("torch engine, 1 thread: useful GFLOP/s", f"{useful / t_t1 / 1e9:.2f}"))
+    if plan is not None:  # the MLP torch engine's padded plan
+        t_t = statistics.median(wall["torch", threads])
+        padded = flops_per_mac * plan.padded_macs
+        ceil_useful, ceil_padded = bmm_ceiling_gflops(plan, cfg.batch_size)
+        rows += [
             ("torch engine padded GFLOP/s", f"{padded / t_t / 1e9:.2f}"),
             ("torch padding waste (1 - useful/padded)", f"{100 - 100 * useful / padded:.1f}%"),
             ("torch bmm calls alone: useful GFLOP/s", f"{ceil_useful:.2f}"),
             ("torch bmm calls alone: useful / sgemm", f"{100 * ceil_useful / g_sgemm:.1f}%"),
             ("torch padding grid of the chunk", str(plan.grid)),
         ]
-        if ("torch", 1) in wall:
-            t_t1 = statistics.median(wall["torch", 1])
-            rows.append(("torch engine, 1 thread: useful GFLOP/s", f"{useful / t_t1 / 1e9:.2f}"))
     rows += [
         ("plain useful GFLOP/s", f"{plain_flops / sum(plain_s) / 1e9:.3f}"),
         ("failed candidates (C engine)", str(failed)),

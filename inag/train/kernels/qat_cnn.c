@@ -227,6 +227,7 @@ typedef struct {
 } Unit;
 
 #define TILE_FLOATS 65536
+#define PRECOLS_FLOATS (16L << 20) /* unit 0's column table of the training set: <= 64 MB */
 
 INLINE long u_in(const Unit *u) { return (long)u->h * u->w * u->cin; }
 INLINE long u_pos(const Unit *u) { return (long)u->oh * u->ow; }
@@ -249,6 +250,8 @@ typedef struct {
                      * of a pooled unit in the forward pass */
   float *g;         /* dL/d(unit output), written by the next unit's backward */
   float *cols, *dcols, *gtmp, *tmp;
+  const float *cols0; /* unit 0's column matrix of the minibatch, gathered from a table of the
+                       * whole training set (see inag_qat_train_cnn), or NULL: im2col */
   float *pred, *dpred;
   float *scratch;
   int *iscratch;
@@ -281,6 +284,7 @@ static int cnet_init(CNet *n, int L, const Unit *u, const int *w_qmax, const int
     fan = lmax(fan, K);
     wk = lmax(wk, K * x->cout);
     dz = lmax(dz, conv);
+    if (conv > 2147483647L) return -1; /* pool indices are ints (maps beyond ~8 GB) */
     if (l > 0) g = lmax(g, (long)bsz * u_in(x));
     if (l < L - 1) {
       acts += (long)bsz * u_out(x);
@@ -384,6 +388,13 @@ static void col2im_add(const Unit *u, const float *dcols, int n0, int nt, float 
   }
 }
 
+/* The column matrix of samples [s0, s0 + nt) of unit l's input a. */
+static const float *unit_cols(const CNet *n, int l, const float *a, int s0, int nt) {
+  if (l == 0 && n->cols0) return n->cols0 + (long)s0 * u_pos(n->u) * u_fan(n->u);
+  im2col(n->u + l, a, s0, nt, n->cols);
+  return n->cols;
+}
+
 /* z = conv(a) + bias over b samples (epilogue e on the way out of the registers). */
 static void conv_forward(const CNet *n, int l, const float *a, int b, const float *Wq,
                          const float *WqT, const float *bq, float *z, const Epi *e) {
@@ -396,13 +407,13 @@ static void conv_forward(const CNet *n, int l, const float *a, int b, const floa
   }
   for (int s0 = 0; s0 < b; s0 += T) {
     int nt = b - s0 < T ? b - s0 : T;
-    im2col(u, a, s0, nt, n->cols);
+    const float *A = unit_cols(n, l, a, s0, nt);
     Epi et;
     if (e) {
       et = *e;
       if (et.relu_mask) et.relu_mask += s0 * pos * N;
     }
-    affine_w((int)(nt * pos), K, N, n->cols, Wq, WqT, bq, z + s0 * pos * N, e ? &et : NULL);
+    affine_w((int)(nt * pos), K, N, A, Wq, WqT, bq, z + s0 * pos * N, e ? &et : NULL);
   }
 }
 
@@ -423,11 +434,11 @@ static void conv_backward(const CNet *n, int l, const float *a, int b, const flo
     int nt = b - s0 < T ? b - s0 : T;
     int R = (int)(nt * pos);
     const float *dzt = dz + s0 * pos * N;
-    im2col(u, a, s0, nt, n->cols);
+    const float *A = unit_cols(n, l, a, s0, nt);
     if (s0 == 0) {
-      grad_w_w(R, K, N, n->cols, dzt, gW, n->tmp);
+      grad_w_w(R, K, N, A, dzt, gW, n->tmp);
     } else {
-      grad_w_w(R, K, N, n->cols, dzt, n->gtmp, n->tmp);
+      grad_w_w(R, K, N, A, dzt, n->gtmp, n->tmp);
       for (long i = 0; i < (long)K * N; i++) gW[i] += n->gtmp[i];
     }
     if (da) {
@@ -440,32 +451,32 @@ static void conv_backward(const CNet *n, int l, const float *a, int b, const flo
 /* Floor p x p max-pool of y (b, oh, ow, c) into out (b, ph, pw, c); idx holds each output's
  * source position (the first maximum of its window in row-major order), or -1 where the
  * pre-pool mask is 0 there. */
-static void maxpool(const Unit *u, int b, const float *y, const float *mk, float *out,
-                    int *idx) {
+static void maxpool(const Unit *u, int b, const float *restrict y, const float *restrict mk,
+                    float *restrict out, int *restrict idx) {
   int p = u->pool, C = u->cout;
   for (int n = 0; n < b; n++)
     for (int py = 0; py < u->ph; py++)
       for (int px = 0; px < u->pw; px++) {
         long o = (((long)n * u->ph + py) * u->pw + px) * C;
-        long base = (((long)n * u->oh + (long)py * p) * u->ow + (long)px * p) * C;
-        float *ov = out + o;
-        int *ix = idx + o;
+        int base = (int)((((long)n * u->oh + (long)py * p) * u->ow + (long)px * p) * C);
+        float *restrict ov = out + o;
+        int *restrict ix = idx + o;
         for (int c = 0; c < C; c++) {
           ov[c] = y[base + c];
-          ix[c] = (int)(base + c);
+          ix[c] = base + c;
         }
         for (int dy = 0; dy < p; dy++)
           for (int dx = 0; dx < p; dx++) {
             if (!dy && !dx) continue;
-            long off = base + ((long)dy * u->ow + dx) * C;
-            for (int c = 0; c < C; c++)
-              if (y[off + c] > ov[c]) {
-                ov[c] = y[off + c];
-                ix[c] = (int)(off + c);
-              }
+            int off = base + (dy * u->ow + dx) * C;
+            for (int c = 0; c < C; c++) { /* selects, not branches: vectorized over c */
+              float v = y[off + c];
+              int better = v > ov[c];
+              ov[c] = better ? v : ov[c];
+              ix[c] = better ? off + c : ix[c];
+            }
           }
-        for (int c = 0; c < C; c++)
-          if (mk[ix[c]] == 0.f) ix[c] = -1;
+        for (int c = 0; c < C; c++) ix[c] = mk[ix[c]] == 0.f ? -1 : ix[c];
       }
 }
 
@@ -565,6 +576,21 @@ int inag_qat_train_cnn(int L, const int *units, const int *w_qmax, const int *a_
   float *xb = malloc(sizeof(float) * b_max * d_in);
   if (!seen || !xb) { cnet_free(&net); free(seen); free(xb); return -2; }
   int classes = u[L - 1].cout;
+  /* Unit 0 reads the training set, the same images every epoch: where it needs im2col (and
+   * the table is small), its column matrix is built once for every sample and a minibatch's
+   * rows are gathered from it, one contiguous block per sample, instead of being rebuilt
+   * from short kernel rows in every forward and backward pass. Same numbers either way. */
+  long per0 = u_pos(u) * u_fan(u);
+  float *table = NULL, *cols0 = NULL;
+  if (net.tile[0] && (long)n * per0 <= PRECOLS_FLOATS) {
+    table = malloc(sizeof(float) * n * per0);
+    cols0 = malloc(sizeof(float) * b_max * per0);
+    if (!table || !cols0) {
+      free(table); free(cols0); table = cols0 = NULL; /* fall back to im2col */
+    } else {
+      im2col(u, x, 0, n, table);
+    }
+  }
   long step = 0;
   int status = -1;
   for (int e = 0; e < epochs && status == -1; e++) {
@@ -572,8 +598,13 @@ int inag_qat_train_cnn(int L, const int *units, const int *w_qmax, const int *a_
     double total = 0.0;
     for (int s0 = 0; s0 < n; s0 += bsz) {
       int b = n - s0 < bsz ? n - s0 : bsz;
-      for (int i = 0; i < b; i++)
-        memcpy(xb + i * d_in, x + (long)order[s0 + i] * d_in, sizeof(float) * d_in);
+      if (cols0) /* unit 0 reads its columns only */
+        for (int i = 0; i < b; i++)
+          memcpy(cols0 + i * per0, table + (long)order[s0 + i] * per0, sizeof(float) * per0);
+      else
+        for (int i = 0; i < b; i++)
+          memcpy(xb + i * d_in, x + (long)order[s0 + i] * d_in, sizeof(float) * d_in);
+      net.cols0 = cols0;
       int quant = step >= quant_start;
       cnet_forward(&net, params, act_max, seen, act_ema, s_x, xb, b, 1, quant);
       float loss = loss_grad(net.pred, y_reg, y_cls, order + s0, b, classes, net.dpred);
@@ -588,6 +619,8 @@ int inag_qat_train_cnn(int L, const int *units, const int *w_qmax, const int *a_
   cnet_free(&net);
   free(seen);
   free(xb);
+  free(table);
+  free(cols0);
   return status;
 }
 
