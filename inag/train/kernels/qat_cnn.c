@@ -21,12 +21,14 @@
  * (<= TILE_FLOATS floats) stays in L2:
  *   forward   Z_tile = cols(A_tile) @ Wq + b           (epilogue: range max, ReLU mask)
  *   backward  gW += cols(A_tile)^T @ dZ_tile; dA += col2im(dZ_tile @ Wq^T)
- * A 1x1 stride-1 conv and a dense unit read their input as is (no copy).
- * Why im2col and not a direct convolution, measured (perf, 16 sampled digits CNNs, one
- * thread): im2col + col2im take 12-17 % of the run and the GEMMs they feed 55-60 %, at
- * 90-100 useful GFLOP/s. A direct convolution can at best save that 12-17 %, and would need
- * its own micro-kernels per (kernel, stride) shape; the GEMMs are shared and tuned already.
- * The tile size barely matters (16K, 64K, 256K floats: within the run-to-run noise).
+ * A 1x1 stride-1 conv and a dense unit read their input as is (no copy), and unit 0 gathers
+ * its columns from a table built once per training set (inag_qat_train_cnn).
+ * Why im2col and not a direct convolution, measured (perf, 16 sampled digits CNNs x 2
+ * restarts, one thread, ~100 useful GFLOP/s): the GEMMs take 68 % of the kernel's time,
+ * im2col + col2im 14 % (17-21 % before unit 0's table), the max-pool 7 %. A direct
+ * convolution could at best save those 14 %, and would need its own micro-kernels per
+ * (kernel, stride) shape, where the GEMMs are shared and tuned already. The tile size barely
+ * matters (16K, 64K, 256K floats: within the run-to-run noise).
  *
  * The tile size depends only on the unit's shape and the minibatch size, so every summation
  * order is fixed by the net alone: a net's result is bit for bit independent of its chunk,
