@@ -26,6 +26,7 @@ import numpy as np
 
 from inag.arch import ArchSpec, LayerSpec
 from inag.ir.ops import NODE_SHAPES, available_ops, get_op
+from inag.ir.ops.base import UNIT_ROWS
 
 INPUT_BITS = 8  # the network input is quantized to 8 bits (docs/decisions.md)
 ACC_BITS = 32  # int32 accumulators, biases and head output (Jacob et al. 2017)
@@ -276,17 +277,25 @@ def arch_rows(arch: ArchSpec) -> list[tuple[int, ...]]:
     shape = tuple(arch.input_shape)
     in_bits = INPUT_BITS
     head = head_spec(arch.output_size, arch.output_bits)
-    ops = available_ops()
     for layer in (*arch.layers, head):
-        op = ops.get(layer.kind) or get_op(layer.kind)
-        c, shape_out = op.unit(shape, layer)
-        out_bits = ACC_BITS if layer is head else layer.bits
-        rows.append(
-            (c.macs, c.weights, c.biases, c.fmap_in, c.fmap, layer.bits, in_bits, out_bits,
-             op.code)
-        )  # fmt: skip
-        shape = shape_out
-        in_bits = layer.bits
+        # the whole row, memoized: a plain tuple of the layer's fields hashes in C (a LayerSpec
+        # key would call its Python __hash__); ops/base.py clears it when an op is registered
+        bits = layer.bits
+        key = (layer.kind, shape, layer.width, layer.kernel, layer.stride, layer.pool, bits,
+               in_bits, layer is head)  # fmt: skip
+        hit = UNIT_ROWS.get(key)
+        if hit is None:
+            op = get_op(layer.kind)
+            c, shape_out = op.unit(shape, layer)
+            out_bits = ACC_BITS if layer is head else bits
+            row = (c.macs, c.weights, c.biases, c.fmap_in, c.fmap, bits, in_bits, out_bits,
+                   op.code)  # fmt: skip
+            if len(UNIT_ROWS) > 200_000:
+                UNIT_ROWS.clear()
+            hit = UNIT_ROWS[key] = (row, shape_out)
+        rows.append(hit[0])
+        shape = hit[1]
+        in_bits = bits
     return rows
 
 

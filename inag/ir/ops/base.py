@@ -102,9 +102,15 @@ class LayerOp(ABC):
 _UNITS: dict[tuple[Any, ...], tuple[Counts, Shape]] = {}
 
 
+# the batch table's memo (inag.ir.arch_rows): (kind, input shape, width, kernel, stride, pool,
+# bits, input bits, is head) -> (the unit's table row, its output shape)
+UNIT_ROWS: dict[tuple[Any, ...], tuple[tuple[int, ...], Shape]] = {}
+
+
 def clear_unit_cache() -> None:
     """Forget memoized units (an op re-registered under the same name)."""
     _UNITS.clear()
+    UNIT_ROWS.clear()
 
 
 # ---------------------------------------------------------------------------- structure
