@@ -16,6 +16,13 @@ ARCH = ArchSpec("mlp", (1,), 1, (LayerSpec(12, 4), LayerSpec(6, 7)))
 OTHER = ArchSpec("mlp", (1,), 1, (LayerSpec(5, 3),))
 SAFE_NAME = re.compile(r"^(manifest\.json|inag_[0-9a-f]{16}\.(onnx|so|tar|c|h|safetensors))$")
 
+
+def export_argv(target: str, net: Path, platform: str, out: Path, *extra: str) -> list[str]:
+    """`inag export` of a net file."""
+    args = ["--target", target, "--net", str(net), "--platform", platform, "--out", str(out)]
+    return ["export", *args, *extra]
+
+
 # `inag train-net ARCH` for one epoch on data_a; append the output path
 TRAIN_ONE_EPOCH = ["train-net", ARCH.to_json(), "--task", "data_a", "--epochs", "1", "--out"]
 
@@ -60,22 +67,7 @@ def test_train_net_reports_both_performances(net_file, capsys):
 @pytest.mark.parametrize("target", ["onnx", "c"])
 def test_export_onnx_and_c(net_file, tmp_path, target, capsys):
     out = tmp_path / "art"
-    assert (
-        main(
-            [
-                "export",
-                "--target",
-                target,
-                "--net",
-                str(net_file),
-                "--platform",
-                "host_cpu",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(export_argv(target, net_file, "host_cpu", out)) == 0
     m = check_manifest(out, target)
     assert m["self_check"] == {
         "ran": True,
@@ -89,23 +81,7 @@ def test_export_onnx_and_c(net_file, tmp_path, target, capsys):
 def test_export_tvm_host_with_measurement(net_file, tmp_path):
     pytest.importorskip("tvm")
     out = tmp_path / "tvm"
-    assert (
-        main(
-            [
-                "export",
-                "--target",
-                "tvm",
-                "--net",
-                str(net_file),
-                "--platform",
-                "host_cpu",
-                "--out",
-                str(out),
-                "--measure",
-            ]
-        )
-        == 0
-    )
+    assert main(export_argv("tvm", net_file, "host_cpu", out, "--measure")) == 0
     m = check_manifest(out, "tvm")
     assert m["target_info"]["library"].endswith(".so") and m["self_check"]["bit_exact"]
     assert m["measured"]["where"] == "local" and m["measured"]["median_s"] > 0
@@ -115,22 +91,7 @@ def test_export_c_for_cortex_m_records_elf_sizes(net_file, tmp_path):
     from export.c_export import arm_tools
 
     out = tmp_path / "cm"
-    assert (
-        main(
-            [
-                "export",
-                "--target",
-                "c",
-                "--net",
-                str(net_file),
-                "--platform",
-                "cortex_m",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(export_argv("c", net_file, "cortex_m", out)) == 0
     m = check_manifest(out, "c")
     cm = m["target_info"]["cortex_m"]
     if arm_tools()["gcc"] is None:
