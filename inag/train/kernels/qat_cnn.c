@@ -22,7 +22,7 @@
  *   forward   Z_tile = cols(A_tile) @ Wq + b           (epilogue: range max, ReLU mask)
  *   backward  gW += cols(A_tile)^T @ dZ_tile; dA += col2im(dZ_tile @ Wq^T)
  * A 1x1 stride-1 conv and a dense unit read their input as is (no copy), and unit 0 gathers
- * its columns from a table built once per training set (inag_qat_train_cnn).
+ * its columns from a table of the training set's input codes (inag_qat_train_cnn).
  * Why im2col and not a direct convolution, measured (perf, 16 sampled digits CNNs x 2
  * restarts, one thread, ~100 useful GFLOP/s): the GEMMs take 68 % of the kernel's time,
  * im2col + col2im 14 % (17-21 % before unit 0's table), the max-pool 7 %. A direct
@@ -229,7 +229,7 @@ typedef struct {
 } Unit;
 
 #define TILE_FLOATS 65536
-#define PRECOLS_FLOATS (16L << 20) /* unit 0's column table of the training set: <= 64 MB */
+#define PRECOLS_BYTES (64L << 20) /* unit 0's column table of the training set (int8 codes) */
 
 INLINE long u_in(const Unit *u) { return (long)u->h * u->w * u->cin; }
 INLINE long u_pos(const Unit *u) { return (long)u->oh * u->ow; }
@@ -578,20 +578,28 @@ int inag_qat_train_cnn(int L, const int *units, const int *w_qmax, const int *a_
   float *xb = malloc(sizeof(float) * b_max * d_in);
   if (!seen || !xb) { cnet_free(&net); free(seen); free(xb); return -2; }
   int classes = u[L - 1].cout;
-  /* Unit 0 reads the training set, the same images every epoch: where it needs im2col (and
-   * the table is small), its column matrix is built once for every sample and a minibatch's
-   * rows are gathered from it, one contiguous block per sample, instead of being rebuilt
-   * from short kernel rows in every forward and backward pass. Same numbers either way. */
+  /* Unit 0 reads the training set, the same images every epoch: where it needs im2col, its
+   * column matrix is built once for every sample, as the int8 input codes (every input is
+   * code * s_x, checked here), and a minibatch's rows are gathered from it and scaled, one
+   * contiguous block per sample, instead of being rebuilt from short kernel rows in every
+   * forward and backward pass. (float)code * s_x is the very float the input holds, so the
+   * numbers are the same either way; a table too large (PRECOLS_BYTES) is not built. */
   long per0 = u_pos(u) * u_fan(u);
-  float *table = NULL, *cols0 = NULL;
-  if (net.tile[0] && (long)n * per0 <= PRECOLS_FLOATS) {
-    table = malloc(sizeof(float) * n * per0);
+  int8_t *table = NULL;
+  float *cols0 = NULL;
+  if (net.tile[0] && (long)n * per0 <= PRECOLS_BYTES) {
+    table = malloc((size_t)n * per0);
     cols0 = malloc(sizeof(float) * b_max * per0);
-    if (!table || !cols0) {
-      free(table); free(cols0); table = cols0 = NULL; /* fall back to im2col */
-    } else {
-      im2col(u, x, 0, n, table);
+    int ok = table && cols0;
+    for (int i = 0; ok && i < n; i++) {
+      im2col(u, x, i, 1, cols0);
+      for (long j = 0; j < per0; j++) {
+        float q = rintf(cols0[j] / s_x);
+        ok &= fabsf(q) <= 127.f && q * s_x == cols0[j];
+        table[(long)i * per0 + j] = (int8_t)q;
+      }
     }
+    if (!ok) { free(table); free(cols0); table = NULL; cols0 = NULL; } /* im2col instead */
   }
   long step = 0;
   int status = -1;
@@ -600,10 +608,13 @@ int inag_qat_train_cnn(int L, const int *units, const int *w_qmax, const int *a_
     double total = 0.0;
     for (int s0 = 0; s0 < n; s0 += bsz) {
       int b = n - s0 < bsz ? n - s0 : bsz;
-      if (cols0) /* unit 0 reads its columns only */
-        for (int i = 0; i < b; i++)
-          memcpy(cols0 + i * per0, table + (long)order[s0 + i] * per0, sizeof(float) * per0);
-      else
+      if (cols0) { /* unit 0 reads its columns only */
+        for (int i = 0; i < b; i++) {
+          const int8_t *t = table + (long)order[s0 + i] * per0;
+          float *c = cols0 + i * per0;
+          for (long j = 0; j < per0; j++) c[j] = (float)t[j] * s_x;
+        }
+      } else
         for (int i = 0; i < b; i++)
           memcpy(xb + i * d_in, x + (long)order[s0 + i] * d_in, sizeof(float) * d_in);
       net.cols0 = cols0;
