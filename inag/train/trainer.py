@@ -1293,6 +1293,8 @@ def _loss_and_grad(
 class PlainQATMLP(nn.Module):
     """One quantized MLP as ordinary PyTorch: the reference the batched trainer must match."""
 
+    act_max: torch.Tensor  # a registered buffer
+
     def __init__(self, arch: ArchSpec, s_x: float, seed: int, act_ema: float):
         super().__init__()
         ws = _widths(arch)
@@ -1355,6 +1357,8 @@ class PlainQATCNN(nn.Module):
     the export layout: conv ``(out, in, k, k)``, dense ``(in, out)``; a feature map is
     flattened channel-major before the first dense unit, as the exporters do.
     """
+
+    act_max: torch.Tensor  # a registered buffer
 
     def __init__(
         self, arch: ArchSpec, s_x: float, seed: int, act_ema: float, init_key: str | None = None
