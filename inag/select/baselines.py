@@ -155,8 +155,9 @@ def space_for_task(task: TaskData, space: str = "mlp") -> SearchSpace:
     bound = load_space(space).bind(task.input_shape, task.output_size)
     if bound.kind != "mlp":
         raise BaselineError(
-            f"space {bound.name!r} is a {bound.kind}; the baselines search MLP spaces only "
-            "(the batched trainer trains MLPs)"
+            f"space {bound.name!r} is a {bound.kind}; the GA/BO baselines search MLP spaces "
+            "only (their parameters are per dense layer); compare CNNs with `inag evaluate`'s "
+            "rejection-sampling and dataset-nearest baselines"
         )
     return bound
 
