@@ -374,3 +374,19 @@ def test_firmware_that_does_not_fit_the_board(tmp_path):
     tiny = dataclasses.replace(device.QEMU_MPS2_AN386, name="tiny", ram_bytes=64)
     with pytest.raises(device.DeviceError, match="does not fit tiny: RAM"):
         device.build_measure_firmware(small_net(), tmp_path, board=tiny)
+
+
+@needs_qemu
+def test_a_trained_cnn_runs_bit_exact_on_qemu(tmp_path):
+    """`inag train-net` on digits, then the Cortex-M firmware under QEMU mps2-an386: the
+    outputs it prints over its UART equal the integer reference's."""
+    from inag.cli import main
+
+    arch = ArchSpec.from_summary("c6k3p2@6-c8k3@4-16@5 | head@8", (1, 8, 8), 10)
+    path = tmp_path / "cnn.safetensors"
+    argv = ["train-net", arch.to_json(), "--task", "digits", "--epochs", "2", "--out", str(path)]
+    assert main(argv) == 0
+    net = QuantizedNet.load(path)
+    r = device.measure_qemu(net, warmup=1, repeats=3, timeout=60)
+    assert r["bit_exact"] is True and r["outputs_checked"] == 4 * net.output_size
+    assert r["origin"] == "emulated"
