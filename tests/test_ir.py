@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import networkx as nx
 import numpy as np
@@ -148,60 +149,42 @@ def _costed(arch=None):
     return PlatformCoster(_platform()).cost_graph(g)
 
 
-def test_verify_catches_a_broken_shape():
+def _set(node: str, key: str, value: object):
+    return lambda g: g.nodes[node].__setitem__(key, value)
+
+
+# (what breaks the costed graph, the error verify must name)
+BROKEN = {
+    "shape": (
+        _set("L0.pool", "out_shape", (4, 3, 4)),
+        "shape mismatch on edge L0.pool -> L1.conv",
+    ),
+    "empty shape": (_set("output", "out_shape", (0,)), "node output: empty output shape"),
+    "negative macs": (
+        _set("L1.conv", "macs", -1),
+        "node L1.conv: macs must be a non-negative int, found -1",
+    ),
+    "macs vs weights": (
+        _set("L1.conv", "macs", 4609),
+        "MACs/weights/biases 4609/288/8 differ from its op's 4608",
+    ),
+    "removed edge": (
+        lambda g: g.remove_edge("L0.relu", "L0.pool"),
+        "missing edge L0.relu -> L0.pool",
+    ),
+    "extra edge": (lambda g: g.add_edge("input", "output"), "edges outside the chain"),
+    "cycle": (lambda g: g.add_edge("output", "input"), "cycle"),
+    "bits": (_set("L0.relu", "bits", 9), "node L0.relu: bits must be 2..8"),
+    "stray node": (lambda g: g.add_node("orphan", op="relu", bits=8), "does not list every node"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_verify_catches_a_broken_graph(case):
+    breaks, message = BROKEN[case]
     g = _costed()
-    g.nodes["L0.pool"]["out_shape"] = (4, 3, 4)
-    with pytest.raises(IRError, match="shape mismatch on edge L0.pool -> L1.conv"):
-        verify(g)
-
-
-def test_verify_catches_an_empty_shape():
-    g = _costed()
-    g.nodes["output"]["out_shape"] = (0,)
-    with pytest.raises(IRError, match="node output: empty output shape"):
-        verify(g)
-
-
-def test_verify_catches_negative_macs():
-    g = _costed()
-    g.nodes["L1.conv"]["macs"] = -1
-    with pytest.raises(IRError, match="node L1.conv: macs must be a non-negative int, found -1"):
-        verify(g)
-
-
-def test_verify_catches_macs_inconsistent_with_weights():
-    g = _costed()
-    g.nodes["L1.conv"]["macs"] += 1
-    with pytest.raises(IRError, match="MACs/weights/biases 4609/288/8 differ from its op's 4608"):
-        verify(g)
-
-
-def test_verify_catches_a_removed_edge():
-    g = _costed()
-    g.remove_edge("L0.relu", "L0.pool")
-    with pytest.raises(IRError, match="missing edge L0.relu -> L0.pool"):
-        verify(g)
-
-
-def test_verify_catches_an_extra_edge_and_a_cycle():
-    g = _costed()
-    g.add_edge("input", "output")
-    with pytest.raises(IRError, match="edges outside the chain"):
-        verify(g)
-    g = _costed()
-    g.add_edge("output", "input")
-    with pytest.raises(IRError, match="cycle"):
-        verify(g)
-
-
-def test_verify_catches_bad_bits_and_a_stray_node():
-    g = _costed()
-    g.nodes["L0.relu"]["bits"] = 9
-    with pytest.raises(IRError, match="node L0.relu: bits must be 2..8"):
-        verify(g)
-    g = _costed()
-    g.add_node("orphan", op="relu", bits=8)
-    with pytest.raises(IRError, match="does not list every node"):
+    breaks(g)
+    with pytest.raises(IRError, match=re.escape(message)):
         verify(g)
 
 
