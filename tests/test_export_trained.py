@@ -8,6 +8,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+from trainer_helpers import one_torch_thread, qat_forward  # noqa: E402, F401 - a fixture
+
 from export import reference  # noqa: E402
 from export.qnet import QuantizedNet, save_net_file  # noqa: E402
 from inag.arch import ArchSpec, LayerSpec  # noqa: E402
@@ -20,17 +22,6 @@ CASES = {
     # digits classification (64 inputs, 10 classes), 2..8 bits
     "digits": ArchSpec("mlp", (64,), 10, (LayerSpec(48, 5), LayerSpec(24, 2), LayerSpec(16, 8))),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets: one torch thread is faster, and immune to a busy machine's oversubscription."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("task_name", list(CASES))
@@ -50,30 +41,9 @@ def test_integer_model_matches_qat_performance(task_name, tmp_path):
     assert qat > (0.5 if task.kind == "regression" else 0.6), "the net did not learn at all"
     assert abs(gap) <= 0.01
     # the whole output, not only the score: the integer model reproduces QAT's predictions
-    qat_out = _qat_forward(tensors, meta, arch, task.x_test)
+    qat_out = qat_forward(tensors, meta, arch, task.x_test)
     if task.kind == "classification":
         assert np.mean(pred == qat_out.argmax(axis=1)) >= 0.99
     else:
         scale = float(np.std(qat_out))
         assert np.median(np.abs(y[:, 0] - qat_out[:, 0])) <= 0.01 * scale
-
-
-def _qat_forward(tensors, meta, arch, x):
-    """The trainer's own fake-quantized forward (PlainQATMLP in eval mode) on the test set."""
-    import torch
-
-    from export import quant
-    from inag.train.trainer import PlainQATMLP
-
-    s_x = float(meta["input_scale"])
-    model = PlainQATMLP(arch, s_x, 0, 0.9)
-    with torch.no_grad():
-        for i in range(arch.depth + 1):
-            model.weights[i].copy_(torch.from_numpy(tensors[f"unit{i}.weight"]))
-            model.biases[i].copy_(torch.from_numpy(tensors[f"unit{i}.bias"]))
-        model.act_max[: arch.depth] = torch.from_numpy(tensors["act_max"])
-    model.eval()
-    model.quant_on = True
-    xq = quant.quantize_input(x.reshape(len(x), -1), s_x).astype(np.float32) * np.float32(s_x)
-    with torch.no_grad():
-        return model(torch.from_numpy(xq)).numpy()

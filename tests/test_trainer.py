@@ -17,10 +17,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trainer_helpers import (  # noqa: F401 - a fixture
+    ENGINE,
+    one_torch_thread,
+    sample_archs,
+    split_diverged,
+)
 
 from export import quant
 from inag.arch import ArchSpec, LayerSpec
-from inag.space import load_space
 from inag.tasks import load_task
 from inag.train import kernels
 from inag.train.trainer import (
@@ -37,37 +42,10 @@ from inag.train.trainer import (
     train_single,
 )
 
-# Both engines run every behavioural test; the C one needs a C compiler (CI installs gcc).
-ENGINE = pytest.mark.parametrize(
-    "engine",
-    [
-        pytest.param(
-            "c",
-            marks=pytest.mark.skipif(not kernels.available(), reason="no C compiler here"),
-        ),
-        "torch",
-    ],
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: the dataset builder's setting, and immune to the OpenMP stalls
-    that two threads suffer on a 2-core machine shared with other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data_a_small():
     return load_task("data_a", seed=0, max_train=512)
-
-
-def sample_archs(task, n: int, seed: int):
-    space = load_space("mlp").bind(task.input_shape, task.output_size)
-    return space.sample_many(np.random.default_rng(seed), n)
 
 
 # ============================================================================ quantization rules
@@ -414,12 +392,7 @@ def test_diverging_nets_fail_and_the_others_go_on(data_a_small, engine):
     archs = sample_archs(data_a_small, 16, seed=1)
     cfg = TrainerConfig(epochs=3, restarts=1, lr=1e4)
     res = BatchedMLPTrainer(data_a_small, cfg, engine=engine).train(archs)
-    failed = [r for r in res if r.status == "failed"]
-    ok = [r for r in res if r.status == "ok"]
-    assert failed and ok, [r.status for r in res]
-    for r in failed:
-        assert r.reason.startswith("diverged: non-finite loss at epoch")
-        assert r.performance == 0.0 and math.isnan(r.final_loss)
+    failed, ok = split_diverged(res)
     for r in ok:
         assert r.reason == "" and math.isfinite(r.final_loss)
         assert 0.0 <= r.performance <= 1.0

@@ -14,12 +14,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
+from trainer_helpers import (  # noqa: F401 - a fixture
+    ENGINE,
+    one_torch_thread,
+    qat_forward,
+    sample_archs,
+    split_diverged,
+)
 
-from export import quant, reference
+from export import reference
 from export.qnet import QuantizedNet, save_net_file
 from inag.arch import ArchSpec, LayerSpec
-from inag.space import load_space
 from inag.tasks import load_task, performance
 from inag.train import kernels
 from inag.train.trainer import (
@@ -33,15 +38,6 @@ from inag.train.trainer import (
     train_final,
     train_single,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: the dataset builder's setting, and immune to oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +57,7 @@ CNN_STRIDE = ArchSpec(
 
 
 def sample_cnns(task, n: int, seed: int) -> list[ArchSpec]:
-    space = load_space("cnn").bind(task.input_shape, task.output_size)
-    return space.sample_many(np.random.default_rng(seed), n)
+    return sample_archs(task, n, seed, space="cnn")
 
 
 # ============================================================================ plain reference
@@ -124,28 +119,13 @@ def test_trained_cnn_keeps_its_accuracy_as_an_integer_model(trained, digits):
         assert qat == result.performance > 0.8
         assert abs(integer - qat) <= 0.01, (arch.summary(), qat, integer)
         # the integer model reproduces the QAT model's predictions, not only its score
-        qat_out = _qat_forward(tensors, meta, arch, digits.x_test)
+        qat_out = qat_forward(tensors, meta, arch, digits.x_test)
         assert np.mean(pred == qat_out.argmax(axis=1)) >= 0.99
         # every hidden unit has live codes (a trained net, not a degenerate one)
         a = np.clip(reference.quantize_input(net, digits.x_test).astype(np.int64), -127, 127)
         for u in net.units[:-1]:
             a = reference.run_unit(u, a)
             assert 0 < np.mean(a > 0) < 1, u.index
-
-
-def _qat_forward(tensors, meta, arch, x):
-    """The trainer's own fake-quantized forward (PlainQATCNN in eval mode)."""
-    s_x = float(meta["input_scale"])
-    model = PlainQATCNN(arch, s_x, 0, 0.9)
-    with torch.no_grad():
-        for i in range(arch.depth + 1):
-            model.weights[i].copy_(torch.from_numpy(tensors[f"unit{i}.weight"]))
-            model.biases[i].copy_(torch.from_numpy(tensors[f"unit{i}.bias"]))
-        model.act_max[: arch.depth] = torch.from_numpy(tensors["act_max"])
-    model.eval()
-    xq = quant.quantize_input(x.reshape(len(x), -1), s_x).astype(np.float32) * np.float32(s_x)
-    with torch.no_grad():
-        return model(torch.from_numpy(xq)).numpy()
 
 
 def _codes(net, digits):
@@ -195,15 +175,6 @@ def test_trained_cnn_tvm_is_bit_exact(trained, digits, tmp_path):
 
 
 # ============================================================================ batched engines
-ENGINE = pytest.mark.parametrize(
-    "engine",
-    [
-        pytest.param(
-            "c", marks=pytest.mark.skipif(not kernels.available(), reason="no C compiler here")
-        ),
-        "torch",
-    ],
-)
 CFG = TrainerConfig(epochs=3, restarts=1)
 
 
@@ -302,12 +273,7 @@ def test_diverging_cnns_fail_and_the_others_go_on(digits_small, engine):
     archs = small_cnns(digits_small, 10, seed=4)
     cfg = TrainerConfig(epochs=2, restarts=1, lr=1e9)  # some blow up, some do not
     res = BatchedMLPTrainer(digits_small, cfg, engine=engine).train(archs)
-    failed = [r for r in res if r.status == "failed"]
-    ok = [r for r in res if r.status == "ok"]
-    assert failed and ok, [r.status for r in res]
-    for r in failed:
-        assert r.reason.startswith("diverged: non-finite loss at epoch")
-        assert r.performance == 0.0 and np.isnan(r.final_loss)
+    failed, ok = split_diverged(res)
     survivors = [a for a, r in zip(archs, res, strict=True) if r.status == "ok"]
     again = BatchedMLPTrainer(digits_small, cfg, engine=engine).train(survivors)
     assert [r.performance for r in again] == pytest.approx([r.performance for r in ok], abs=1e-6)

@@ -39,7 +39,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from torch import nn
 from export import quant
 from inag.arch import ArchSpec
 from inag.tasks import TaskData, performance_batch
+
+# progress(done, total): the trainers' progress callback (epochs or trained nets), or None
+Progress = Callable[[int, int], None] | None
 
 # Fields added after datasets were first written, with the value every earlier record meant:
 # a record without the field reads back as this value, and this value stays out of the hash,
@@ -656,9 +659,7 @@ class BatchedMLPTrainer:
         return torch.from_numpy(q * np.float32(self.s_x))
 
     # ------------------------------------------------------------------ public
-    def train(
-        self, archs: Sequence[ArchSpec], progress: Callable[[int, int], None] | None = None
-    ) -> list[TrainResult]:
+    def train(self, archs: Sequence[ArchSpec], progress: Progress = None) -> list[TrainResult]:
         """Train ``archs`` together; one result per arch, in order.
 
         With ``config.restarts`` > 1 every arch is trained from that many initializations, and
@@ -694,7 +695,7 @@ class BatchedMLPTrainer:
     def train_runs(
         self,
         archs: Sequence[ArchSpec],
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress = None,
         validation: bool = True,
     ) -> Runs:
         """Every training run of ``archs`` x ``restarts`` (arch-major), before restarts are
@@ -721,11 +722,7 @@ class BatchedMLPTrainer:
         return out
 
     def _runs_torch_mlp(
-        self,
-        runs: Sequence[ArchSpec],
-        keys: Sequence[str],
-        progress: Callable[[int, int], None] | None,
-        validation: bool,
+        self, runs: Sequence[ArchSpec], keys: Sequence[str], progress: Progress, validation: bool
     ) -> Runs:
         """MLP runs with the torch engine: one padded, grouped plan (see :class:`_Plan`)."""
         plan = _Plan(runs, self.config.seed, min(self.config.batch_size, len(self.x_train)), keys)
@@ -742,11 +739,7 @@ class BatchedMLPTrainer:
 
     # ------------------------------------------------------------------ C engine
     def _runs_native(
-        self,
-        runs: Sequence[ArchSpec],
-        keys: Sequence[str],
-        progress: Callable[[int, int], None] | None,
-        validation: bool,
+        self, runs: Sequence[ArchSpec], keys: Sequence[str], progress: Progress, validation: bool
     ) -> Runs:
         """Each run trained alone by the fused C kernel, ``self.threads`` runs at a time."""
         from concurrent.futures import ThreadPoolExecutor
@@ -857,11 +850,7 @@ class BatchedMLPTrainer:
 
     # ------------------------------------------------------------------ torch engine, CNNs
     def _runs_torch_cnn(
-        self,
-        runs: Sequence[ArchSpec],
-        keys: Sequence[str],
-        progress: Callable[[int, int], None] | None,
-        validation: bool,
+        self, runs: Sequence[ArchSpec], keys: Sequence[str], progress: Progress, validation: bool
     ) -> Runs:
         """CNN runs with the torch engine: runs whose units have identical shapes (they may
         differ in bits, and restarts always share shapes) form a group, trained as one model
@@ -961,27 +950,29 @@ class BatchedMLPTrainer:
         """
         bsz = x.shape[0]
         buf = st.buffers(bsz)
-        w_all = st.params[: plan.n_weights]
-        if not quant_on:
-            return self._forward_float(plan, st, buf, x, train)
-        amax = torch.cat(
-            [torch.linalg.vector_norm(v, ord=float("inf"), dim=1) for v in st.w_class_views]
-        )
-        s_w = torch.where(amax > 0, amax / plan.q_w, torch.ones_like(amax))
-        s_w_el = s_w[plan.w_owner]
-        torch.div(w_all, s_w_el, out=st.wq).add_(0.5).floor_()
-        torch.clamp(st.wq, -plan.q_w_el, plan.q_w_el, out=st.wq).mul_(s_w_el)
-        s_in = torch.full((len(plan.members[0]),), self.s_x)
+        if quant_on:
+            w_all = st.params[: plan.n_weights]
+            amax = torch.cat(
+                [torch.linalg.vector_norm(v, ord=float("inf"), dim=1) for v in st.w_class_views]
+            )
+            s_w = torch.where(amax > 0, amax / plan.q_w, torch.ones_like(amax))
+            s_w_el = s_w[plan.w_owner]
+            torch.div(w_all, s_w_el, out=st.wq).add_(0.5).floor_()
+            torch.clamp(st.wq, -plan.q_w_el, plan.q_w_el, out=st.wq).mul_(s_w_el)
+            s_in = torch.full((len(plan.members[0]),), self.s_x)
+        else:
+            st.wq.copy_(st.params[: plan.n_weights])
+            st.bq.copy_(st.params[plan.n_weights :])
         for li, classes in enumerate(plan.layers):
-            n0, n1 = plan.net_off[li]
-            lo, hi = plan.layer_b[li]
-            b = st.params[plan.n_weights + lo : plan.n_weights + hi]
-            s_b = (s_in * s_w[n0:n1])[plan.bias_owner[li]]
-            torch.div(b, s_b, out=st.bq[lo:hi]).add_(0.5).floor_().mul_(s_b)
+            if quant_on:
+                n0, n1 = plan.net_off[li]
+                lo, hi = plan.layer_b[li]
+                b = st.params[plan.n_weights + lo : plan.n_weights + hi]
+                s_b = (s_in * s_w[n0:n1])[plan.bias_owner[li]]
+                torch.div(b, s_b, out=st.bq[lo:hi]).add_(0.5).floor_().mul_(s_b)
             for c, d in zip(classes, buf.cls[li], strict=True):
                 if li == 0:
-                    a = x.expand(c.k, bsz, c.w_in)
-                    d["a"] = a
+                    d["a"] = x.expand(c.k, bsz, c.w_in)
                 elif "a_src" in d:
                     torch.index_select(d["a_src"], 0, c.rows, out=d["a"])
                 _affine(d["bq"], d["a"], d["wq"], d["out"])
@@ -989,6 +980,11 @@ class BatchedMLPTrainer:
                 continue
             if train:
                 self._track_range(plan, st, buf, li)
+            if not quant_on:
+                for (zv, yv, *_), mask in zip(buf.group_views[li], buf.masks[li], strict=True):
+                    torch.gt(zv, 0.0, out=mask)
+                    torch.clamp(zv, min=0.0, out=yv)
+                continue
             am = st.act_max[li]
             s_a = torch.where(am > 0, am / plan.q_a[li], torch.ones_like(am))
             for (zv, yv, _, g0, k), mask in zip(buf.group_views[li], buf.masks[li], strict=True):
@@ -1001,28 +997,6 @@ class BatchedMLPTrainer:
                 yv.mul_(s_g)
             if li + 1 < plan.n_layers:
                 s_in = s_a[plan.prev_pos[li + 1]]
-        return buf
-
-    def _forward_float(
-        self, plan: _Plan, st: _State, buf: _Buffers, x: torch.Tensor, train: bool
-    ) -> _Buffers:
-        bsz = x.shape[0]
-        st.wq.copy_(st.params[: plan.n_weights])
-        st.bq.copy_(st.params[plan.n_weights :])
-        for li, classes in enumerate(plan.layers):
-            for c, d in zip(classes, buf.cls[li], strict=True):
-                if li == 0:
-                    d["a"] = x.expand(c.k, bsz, c.w_in)
-                elif "a_src" in d:
-                    torch.index_select(d["a_src"], 0, c.rows, out=d["a"])
-                _affine(d["bq"], d["a"], d["wq"], d["out"])
-            if not plan.n_hidden[li]:
-                continue
-            if train:
-                self._track_range(plan, st, buf, li)
-            for (zv, yv, _, _, _), mask in zip(buf.group_views[li], buf.masks[li], strict=True):
-                torch.gt(zv, 0.0, out=mask)
-                torch.clamp(zv, min=0.0, out=yv)
         return buf
 
     def _track_range(self, plan: _Plan, st: _State, buf: _Buffers, li: int) -> None:
@@ -1058,9 +1032,7 @@ class BatchedMLPTrainer:
                     if "da_dst" in d:
                         d["da_dst"].index_copy_(0, c.rows, d["da"])
 
-    def _fit(
-        self, plan: _Plan, st: _State, progress: Callable[[int, int], None] | None
-    ) -> tuple[np.ndarray, list[str]]:
+    def _fit(self, plan: _Plan, st: _State, progress: Progress) -> tuple[np.ndarray, list[str]]:
         cfg = self.config
         n = len(self.x_train)
         alive = torch.ones(plan.n, dtype=torch.bool)
@@ -1290,133 +1262,132 @@ def _loss_and_grad(
 
 
 # ---------------------------------------------------------------------------- one at a time
-class PlainQATMLP(nn.Module):
-    """One quantized MLP as ordinary PyTorch: the reference the batched trainer must match."""
+_P = TypeVar("_P", bound="_PlainQAT")
+
+
+class _PlainQAT(nn.Module):
+    """What :class:`PlainQATMLP` and :class:`PlainQATCNN` share: per-tensor symmetric
+    fake-quantized weights with biases at ``s_in * s_w``, the output range of a hidden unit an
+    EMA of the batch max of its pre-activation, activations fake-quantized to 0..2^b - 1 (ReLU
+    folded in), or float weights and a plain ReLU while ``quant_on`` is off (the warm-up)."""
 
     act_max: torch.Tensor  # a registered buffer
 
-    def __init__(self, arch: ArchSpec, s_x: float, seed: int, act_ema: float):
+    def __init__(
+        self,
+        inits: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        bits: list[int],
+        s_x: float,
+        act_ema: float,
+    ):
         super().__init__()
-        ws = _widths(arch)
-        gen = torch.Generator().manual_seed(net_seed(seed, arch.arch_id))
-        inits = [init_dense(gen, ws[j], ws[j + 1]) for j in range(len(ws) - 1)]
         self.weights = nn.ParameterList([nn.Parameter(w) for w, _ in inits])
         self.biases = nn.ParameterList([nn.Parameter(b) for _, b in inits])
-        self.bits = [layer.bits for layer in arch.layers] + [arch.output_bits]
+        self.bits = bits
         self.s_x = s_x
         self.momentum = act_ema
         self.register_buffer("act_max", torch.zeros(len(inits)))
         self.seen = False
         self.quant_on = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s_in = torch.tensor(self.s_x)
-        n = len(self.weights)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if self.quant_on:
-                qmax_w = torch.tensor(float(quant.weight_qmax(self.bits[i])))
-                wq, s_w = quant.fake_quant_weight(w, qmax_w, reduce_dims=(0, 1))
-                s_b = s_in * s_w.reshape(())
-                bq = quant.ste_round_half_up(b / s_b) * s_b
-            else:
-                wq, bq = w, b
-            z = torch.addmm(bq, x, wq)
-            if i == n - 1:
-                return z
-            if self.training:
-                with torch.no_grad():
-                    m = z.detach().max().clamp_min(0)
-                    self.act_max[i] = (
-                        m
-                        if not self.seen
-                        else (self.momentum * self.act_max[i] + (1 - self.momentum) * m)
-                    )
-            if not self.quant_on:
-                x = torch.relu(z)
-                continue
-            qmax_a = torch.tensor(float(quant.act_qmax(self.bits[i])))
-            s_a = self.act_max[i] / qmax_a if self.act_max[i] > 0 else torch.tensor(1.0)
-            x = quant.fake_quant_act(z, s_a, qmax_a)
-            s_in = s_a
-        raise AssertionError("unreachable")
+    def _unit_params(self, i: int, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit i's weights and bias as its forward pass uses them (input scale ``s_in``)."""
+        w, b = self.weights[i], self.biases[i]
+        if not self.quant_on:
+            return w, b
+        qmax_w = torch.tensor(float(quant.weight_qmax(self.bits[i])))
+        wq, s_w = quant.fake_quant_weight(w, qmax_w, reduce_dims=tuple(range(w.dim())))
+        s_b = s_in * s_w.reshape(())
+        return wq, quant.ste_round_half_up(b / s_b) * s_b
 
-    def train(self, mode: bool = True) -> PlainQATMLP:
+    def _activation(
+        self, i: int, z: torch.Tensor, s_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden unit i's output from its pre-activation ``z`` (its range tracked while
+        training), and the next unit's input scale."""
+        if self.training:
+            with torch.no_grad():
+                m = z.detach().max().clamp_min(0)
+                self.act_max[i] = (
+                    m
+                    if not self.seen
+                    else (self.momentum * self.act_max[i] + (1 - self.momentum) * m)
+                )
+        if not self.quant_on:
+            return torch.relu(z), s_in
+        qmax_a = torch.tensor(float(quant.act_qmax(self.bits[i])))
+        s_a = self.act_max[i] / qmax_a if self.act_max[i] > 0 else torch.tensor(1.0)
+        return quant.fake_quant_act(z, s_a, qmax_a), s_a
+
+    def train(self: _P, mode: bool = True) -> _P:
         if not mode and self.training:
             self.seen = True
         return super().train(mode)
 
 
-class PlainQATCNN(nn.Module):
+class PlainQATMLP(_PlainQAT):
+    """One quantized MLP as ordinary PyTorch: the reference the batched trainer must match."""
+
+    def __init__(self, arch: ArchSpec, s_x: float, seed: int, act_ema: float):
+        ws = _widths(arch)
+        gen = torch.Generator().manual_seed(net_seed(seed, arch.arch_id))
+        inits = [init_dense(gen, ws[j], ws[j + 1]) for j in range(len(ws) - 1)]
+        bits = [layer.bits for layer in arch.layers] + [arch.output_bits]
+        super().__init__(inits, bits, s_x, act_ema)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s_in = torch.tensor(self.s_x)
+        n = len(self.weights)
+        for i in range(n):
+            wq, bq = self._unit_params(i, s_in)
+            z = torch.addmm(bq, x, wq)
+            if i == n - 1:
+                return z
+            x, s_in = self._activation(i, z, s_in)
+        raise AssertionError("unreachable")
+
+
+class PlainQATCNN(_PlainQAT):
     """One quantized CNN as ordinary PyTorch: the reference both CNN engines must match.
 
-    The recipe is :class:`PlainQATMLP`'s, unit by unit: per-tensor symmetric fake-quantized
-    weights, biases at ``s_in * s_w``, the output range an EMA of the batch max of the
-    conv/matmul output (before the pool, where the integer model requantizes), activations
-    fake-quantized to 0..2^b - 1 (ReLU folded in), then the floor 2x2 (``pool``) max-pool --
-    exact in integers because max commutes with monotone quantization. Weights are kept in
-    the export layout: conv ``(out, in, k, k)``, dense ``(in, out)``; a feature map is
-    flattened channel-major before the first dense unit, as the exporters do.
+    The recipe is :class:`PlainQATMLP`'s, unit by unit (:class:`_PlainQAT`): the output range
+    is taken of the conv/matmul output (before the pool, where the integer model requantizes),
+    then the floor 2x2 (``pool``) max-pool follows the activation -- exact in integers because
+    max commutes with monotone quantization. Weights are kept in the export layout: conv
+    ``(out, in, k, k)``, dense ``(in, out)``; a feature map is flattened channel-major before
+    the first dense unit, as the exporters do.
     """
-
-    act_max: torch.Tensor  # a registered buffer
 
     def __init__(
         self, arch: ArchSpec, s_x: float, seed: int, act_ema: float, init_key: str | None = None
     ):
-        super().__init__()
-        self.units = _units(arch)
-        self.input_shape = tuple(arch.input_shape)
+        units = _units(arch)
         gen = torch.Generator().manual_seed(net_seed(seed, init_key or arch.arch_id))
-        inits = [init_unit_np(gen, u) for u in self.units]
-        self.weights = nn.ParameterList([nn.Parameter(torch.from_numpy(w)) for w, _ in inits])
-        self.biases = nn.ParameterList([nn.Parameter(torch.from_numpy(b)) for _, b in inits])
-        self.bits = [u.bits for u in self.units]
-        self.s_x = s_x
-        self.momentum = act_ema
-        self.register_buffer("act_max", torch.zeros(len(inits)))
-        self.seen = False
-        self.quant_on = True
+        inits = [init_unit_np(gen, u) for u in units]
+        super().__init__(
+            [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in inits],
+            [u.bits for u in units],
+            s_x,
+            act_ema,
+        )
+        self.units = units
+        self.input_shape = tuple(arch.input_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s_in = torch.tensor(self.s_x)
         x = x.reshape(len(x), *self.input_shape)
-        for i, (u, w, b) in enumerate(zip(self.units, self.weights, self.biases, strict=True)):
-            if self.quant_on:
-                qmax_w = torch.tensor(float(quant.weight_qmax(self.bits[i])))
-                wq, s_w = quant.fake_quant_weight(w, qmax_w, reduce_dims=tuple(range(w.dim())))
-                s_b = s_in * s_w.reshape(())
-                bq = quant.ste_round_half_up(b / s_b) * s_b
-            else:
-                wq, bq = w, b
+        for i, u in enumerate(self.units):
+            wq, bq = self._unit_params(i, s_in)
             if u.spatial:
                 z = nn.functional.conv2d(x, wq, bq, stride=u.stride, padding=u.pad)
             else:
                 z = torch.addmm(bq, x.reshape(len(x), -1), wq)
             if u.head:
                 return z
-            if self.training:
-                with torch.no_grad():
-                    m = z.detach().max().clamp_min(0)
-                    self.act_max[i] = (
-                        m
-                        if not self.seen
-                        else (self.momentum * self.act_max[i] + (1 - self.momentum) * m)
-                    )
-            if self.quant_on:
-                qmax_a = torch.tensor(float(quant.act_qmax(self.bits[i])))
-                s_a = self.act_max[i] / qmax_a if self.act_max[i] > 0 else torch.tensor(1.0)
-                x = quant.fake_quant_act(z, s_a, qmax_a)
-                s_in = s_a
-            else:
-                x = torch.relu(z)
+            x, s_in = self._activation(i, z, s_in)
             if u.pool > 1:
                 x = nn.functional.max_pool2d(x, u.pool)
         raise AssertionError("unreachable")
-
-    def train(self, mode: bool = True) -> PlainQATCNN:
-        if not mode and self.training:
-            self.seen = True
-        return super().train(mode)
 
 
 def plain_model(
@@ -1436,7 +1407,7 @@ def _fit_plain(
     arch: ArchSpec,
     task: TaskData,
     config: TrainerConfig,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress = None,
 ) -> tuple[PlainQATMLP | PlainQATCNN, BatchedMLPTrainer, float, float]:
     """The plain loop: one net, ordinary PyTorch, same scheme, init, data order and optimizer.
 
@@ -1502,7 +1473,7 @@ def train_final(
     arch: ArchSpec,
     task: TaskData,
     config: TrainerConfig,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress = None,
 ) -> tuple[TrainResult, dict[str, np.ndarray], dict[str, str]]:
     """QAT-train one chosen net (usually longer than the dataset budget) and return its state.
 

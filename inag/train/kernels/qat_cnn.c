@@ -22,7 +22,7 @@
  *   forward   Z_tile = cols(A_tile) @ Wq + b           (epilogue: range max, ReLU mask)
  *   backward  gW += cols(A_tile)^T @ dZ_tile; dA += col2im(dZ_tile @ Wq^T)
  * A 1x1 stride-1 conv and a dense unit read their input as is (no copy), and unit 0 gathers
- * its columns from a table of the training set's input codes (inag_qat_train_cnn).
+ * its columns from a table of the training set's input codes (cnet_table).
  * Why im2col and not a direct convolution, measured (perf, 16 sampled digits CNNs x 2
  * restarts, one thread, ~100 useful GFLOP/s): the GEMMs take 68 % of the kernel's time,
  * im2col + col2im 14 % (17-21 % before unit 0's table), the max-pool 7 %. A direct
@@ -38,188 +38,46 @@
 
 /* ------------------------------------------------------------------ 16-wide GEMM (AVX-512)
  * Where the CPU has AVX-512 (the library is built with -march=native), the CNN GEMMs run
- * their column strips 16 floats wide: the same blocking as qat_mlp.c's `block` (RB rows x NV
- * vectors of accumulators, B vectors and one broadcast in registers; 32 registers here), and
- * qat_mlp.c's 8-wide kernels take the columns left over. The MLP kernels keep their own
- * (8-wide) summation order, so their numbers do not change. */
+ * their column strips 16 floats wide: qat_mlp.c's GEMM kernels instantiated for 16 lanes
+ * (32 registers here, so 8 rows x 2 vectors of accumulators), and its 8-wide ones take the
+ * columns left over. The MLP kernels keep their own (8-wide) summation order, so their numbers
+ * do not change. */
 #if defined(__AVX512F__)
-typedef float v16f __attribute__((vector_size(64)));
-typedef float v16fu __attribute__((vector_size(64), aligned(4), may_alias));
-typedef int v16i __attribute__((vector_size(64)));
-#define VW 16
-INLINE v16f ld16(const float *p) { return *(const v16fu *)p; }
-INLINE void st16(float *p, v16f v) { *(v16fu *)p = v; }
+VEC_TYPES(16, 16)
 INLINE v16f splat16(float x) { return (v16f){0} + x; }
-INLINE v16f vmax16(v16f a, v16f b) {
-  v16i gt = a > b;
-  return (v16f)(((v16i)a & gt) | ((v16i)b & ~gt));
+/* 16 wide: the block's maximum starts at 0 and is folded into the 8 lanes of *e->max. */
+INLINE v16f max_start16(const v8f *acc) { (void)acc; return splat16(0.f); }
+INLINE void max_end16(v8f *acc, v16f m) {
+  v8f lo = {m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]};
+  v8f hi = {m[8], m[9], m[10], m[11], m[12], m[13], m[14], m[15]};
+  *acc = vmax(*acc, vmax(lo, hi));
 }
-
-INLINE void block16(int NV, int RB, int r0, int T, const float *A, long ar, long at,
-                    const float *B, long ldb, const float *bias, float *C, long ldc,
-                    const Epi *e) {
-  v16f c[8][2];
-#pragma GCC unroll 8
-  for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; v++) c[q][v] = bias ? ld16(bias + VW * v) : splat16(0.f);
-  const float *a = A + r0 * ar;
-  int t = 0;
-  if (RB * NV <= 4) { /* a remainder block: a second set of accumulators for odd t */
-    v16f d[4][2];
-#pragma GCC unroll 8
-    for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) d[q][v] = splat16(0.f);
-    for (; t + 1 < T; t += 2) {
-      const float *b = B + t * ldb;
-      v16f bv[2], bw[2];
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) {
-        bv[v] = ld16(b + VW * v);
-        bw[v] = ld16(b + ldb + VW * v);
-      }
-#pragma GCC unroll 8
-      for (int q = 0; q < RB; q++) {
-        v16f x = splat16(a[q * ar + t * at]), y = splat16(a[q * ar + (t + 1) * at]);
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; v++) {
-          c[q][v] += x * bv[v];
-          d[q][v] += y * bw[v];
-        }
-      }
-    }
-#pragma GCC unroll 8
-    for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) c[q][v] += d[q][v];
-  }
-  for (; t < T; t++) {
-    const float *b = B + t * ldb;
-    v16f bv[2];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; v++) bv[v] = ld16(b + VW * v);
-#pragma GCC unroll 8
-    for (int q = 0; q < RB; q++) {
-      v16f x = splat16(a[q * ar + t * at]);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) c[q][v] += x * bv[v];
-    }
-  }
-  if (e) {
-    if (e->mask)
-#pragma GCC unroll 8
-      for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; v++) c[q][v] *= ld16(e->mask + (r0 + q) * ldc + VW * v);
-    if (e->max) {
-      v16f m = splat16(0.f);
-#pragma GCC unroll 8
-      for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; v++) m = vmax16(c[q][v], m);
-      v8f lo = {m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]};
-      v8f hi = {m[8], m[9], m[10], m[11], m[12], m[13], m[14], m[15]};
-      *e->max = vmax(*e->max, vmax(lo, hi));
-    }
-    if (e->relu_mask)
-#pragma GCC unroll 8
-      for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; v++) {
-          v16i pos = c[q][v] > splat16(0.f);
-          st16(e->relu_mask + (r0 + q) * ldc + VW * v, (v16f)(pos & (v16i)splat16(1.f)));
-          c[q][v] = (v16f)(pos & (v16i)c[q][v]);
-        }
-  }
-#pragma GCC unroll 8
-  for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; v++) st16(C + (r0 + q) * ldc + VW * v, c[q][v]);
-}
-
-#define STRIP16(NV, RB)                                                                     \
-  static void strip16_##NV(int R, int T, const float *A, long ar, long at, const float *B,  \
-                           long ldb, const float *bias, float *C, long ldc, const Epi *e) { \
-    int r = 0;                                                                              \
-    for (; r + RB <= R; r += RB) block16(NV, RB, r, T, A, ar, at, B, ldb, bias, C, ldc, e);  \
-    switch (R - r) {                                                                        \
-      case 7: block16(NV, 7, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
-      case 6: block16(NV, 6, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
-      case 5: block16(NV, 5, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
-      case 4: block16(NV, 4, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
-      case 3: block16(NV, 3, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
-      case 2: block16(NV, 2, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
-      case 1: block16(NV, 1, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                 \
-      default: break;                                                                       \
-    }                                                                                       \
-  }
-STRIP16(2, 8)
-STRIP16(1, 8)
+GEMM_KERNELS(16, 16, 8)
 #endif
 
-/* matmul_vec, 16 columns at a time where AVX-512 is there: columns [0, returned) done. */
+/* A Matmul (see affine_mm): 16 columns at a time where AVX-512 is there, then matmul8. */
 static int matmul_wide(int R, int T, int N, const float *A, long ar, long at, const float *B,
                        long ldb, const float *bias, float *C, long ldc, const Epi *e) {
   int j = 0;
 #if defined(__AVX512F__)
-  Epi ej;
-  for (; j + 2 * VW <= N; j += 2 * VW) {
-    if (e) epi_at(e, &ej, j);
-    strip16_2(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, e ? &ej : 0);
-  }
-  if (j + VW <= N) {
-    if (e) epi_at(e, &ej, j);
-    strip16_1(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, e ? &ej : 0);
-    j += VW;
-  }
+  j = matmul16(R, T, N, A, ar, at, B, ldb, bias, C, ldc, e);
   if (j == N) return j;
+#endif
   Epi er;
   if (e) epi_at(e, &er, j);
-  return j + matmul_vec(R, T, N - j, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc,
-                        e ? &er : 0);
-#else
-  return matmul_vec(R, T, N, A, ar, at, B, ldb, bias, C, ldc, e) + j;
-#endif
+  return j + matmul8(R, T, N - j, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc,
+                     e ? &er : 0);
 }
 
-/* qat_mlp.c's affine and grad_w on the wide GEMM (the same code otherwise). */
+/* qat_mlp.c's affine and grad_w on the wide GEMM. */
 static void affine_w(int R, int K, int N, const float *A, const float *W, const float *WT,
                      const float *bias, float *C, const Epi *e) {
-  int j = matmul_wide(R, K, N, A, K, 1, W, N, bias, C, N, e);
-  if (j == N) return;
-  dots(R, K, j, N, A, WT, bias, C);
-  if (!e) return;
-  for (int r = 0; r < R; r++)
-    for (int q = j; q < N; q++) {
-      long i = (long)r * N + q;
-      if (e->mask) C[i] *= e->mask[i];
-      if (e->max && C[i] > (*e->max)[0]) (*e->max)[0] = C[i];
-      if (e->relu_mask) {
-        e->relu_mask[i] = C[i] > 0.f ? 1.f : 0.f;
-        C[i] = C[i] > 0.f ? C[i] : 0.f;
-      }
-    }
+  affine_mm(matmul_wide, R, K, N, A, W, WT, bias, C, e);
 }
 
 static void grad_w_w(int R, int K, int N, const float *A, const float *dZ, float *gW,
                      float *tmp) {
-  int j = matmul_wide(K, R, N, A, 1, K, dZ, N, 0, gW, N, NULL);
-  if (j == N) return;
-  int nt = N - j;
-  int k = matmul_wide(nt, R, K, dZ + j, 1, N, A, K, 0, tmp, K, NULL);
-  for (int q = 0; q < nt; q++)
-    for (int kk = k; kk < K; kk++) {
-      float s[4] = {0.f, 0.f, 0.f, 0.f};
-      int i = 0;
-      for (; i + 4 <= R; i += 4)
-        for (int u = 0; u < 4; u++)
-          s[u] += dZ[(long)(i + u) * N + j + q] * A[(long)(i + u) * K + kk];
-      for (; i < R; i++) s[0] += dZ[(long)i * N + j + q] * A[(long)i * K + kk];
-      tmp[(long)q * K + kk] = (s[0] + s[1]) + (s[2] + s[3]);
-    }
-  for (int q = 0; q < nt; q++)
-    for (int kk = 0; kk < K; kk++) gW[(long)kk * N + j + q] = tmp[(long)q * K + kk];
+  grad_w_mm(matmul_wide, R, K, N, A, dZ, gW, tmp);
 }
 
 /* One unit's shapes as the trainer passes them (12 ints): input (h, w, cin), conv output
@@ -252,8 +110,10 @@ typedef struct {
                      * of a pooled unit in the forward pass */
   float *g;         /* dL/d(unit output), written by the next unit's backward */
   float *cols, *dcols, *gtmp, *tmp;
-  const float *cols0; /* unit 0's column matrix of the minibatch, gathered from a table of the
-                       * whole training set (see inag_qat_train_cnn), or NULL: im2col */
+  float *cols0;     /* unit 0's column matrix of the minibatch, gathered from table, or NULL:
+                     * im2col */
+  int8_t *table;    /* unit 0's columns of the whole training set as input codes (cnet_table) */
+  float table_scale; /* the input scale s_x of those codes */
   float *pred, *dpred;
   float *scratch;
   int *iscratch;
@@ -263,7 +123,7 @@ static long lmax(long a, long b) { return a > b ? a : b; }
 
 static void cnet_free(CNet *n) {
   free(n->w_off); free(n->b_off); free(n->tile); free(n->out); free(n->mask); free(n->idx);
-  free(n->scratch); free(n->iscratch);
+  free(n->scratch); free(n->iscratch); free(n->cols0); free(n->table);
 }
 
 static int cnet_init(CNet *n, int L, const Unit *u, const int *w_qmax, const int *a_qmax,
@@ -310,12 +170,7 @@ static int cnet_init(CNet *n, int L, const Unit *u, const int *w_qmax, const int
   n->scratch = calloc(total, sizeof(float));
   n->iscratch = calloc(idxs > 0 ? idxs : 1, sizeof(int));
   if (!n->scratch || !n->iscratch) return -1;
-  float *p = n->scratch;
-  n->wq = p; p += off;
-  n->wqT = p; p += off;
-  n->grad = p; p += off;
-  n->m = p; p += off;
-  n->v = p; p += off;
+  float *p = param_buffers(n->scratch, off, &n->wq, &n->wqT, &n->grad, &n->m, &n->v);
   int *q = n->iscratch;
   for (int l = 0; l < L - 1; l++) {
     n->out[l] = p; p += (long)bsz * u_out(u + l);
@@ -337,57 +192,58 @@ static int cnet_init(CNet *n, int L, const Unit *u, const int *w_qmax, const int
   return 0;
 }
 
-/* Rows of the column matrix for samples [n0, n0 + nt) of the NHWC input a: one row per output
- * position, (ky, kx, ci) per row, zeros where the kernel reaches into the padding. */
-static void im2col(const Unit *u, const float *a, int n0, int nt, float *cols) {
+/* The column matrix of samples [n0, n0 + nt) of an NHWC input: one row per output position,
+ * (ky, kx, ci) per row, walked a kernel row ky at a time, of which the columns [kx0, kx1) lie
+ * inside the input (none where ky is in the padding). adjoint = 0 (im2col): src is the input, dst
+ * the column matrix, zeros where the kernel reaches into the padding. adjoint = 1 (col2im_add):
+ * src is the column matrix, added into the input dst (padding positions are dropped). Always
+ * inlined with a constant adjoint: each direction is its own loop nest. */
+INLINE void im2col_walk(const Unit *u, int n0, int nt, const float *src, float *dst,
+                        int adjoint) {
   int k = u->k, H = u->h, W = u->w, C = u->cin;
-  long row = (long)k * C;
-  float *c = cols;
+  long row = (long)k * C, c = 0; /* c: the row's offset in the column matrix */
   for (int n = n0; n < n0 + nt; n++) {
-    const float *an = a + (long)n * H * W * C;
+    long an = (long)n * H * W * C;
     for (int oy = 0; oy < u->oh; oy++)
       for (int ox = 0; ox < u->ow; ox++) {
         int x0 = ox * u->s - u->pad;
         int kx0 = x0 < 0 ? -x0 : 0, kx1 = x0 + k > W ? W - x0 : k;
         for (int ky = 0; ky < k; ky++, c += row) {
           int iy = oy * u->s - u->pad + ky;
+          int padding = iy < 0 || iy >= H || kx1 <= kx0;
+          long lo = (long)kx0 * C, hi = (long)kx1 * C;
+          long at = an + ((long)iy * W + x0 + kx0) * C; /* input offset of column lo */
           /* plain loops, not memcpy/memset: the runs are short (k * cin floats; 1 channel
            * at the input), where a libc call costs more than the copy */
-          if (iy < 0 || iy >= H || kx1 <= kx0) {
-            for (long i = 0; i < row; i++) c[i] = 0.f;
+          if (adjoint) {
+            if (padding) continue;
+            float *d = dst + at;
+            const float *s = src + c + lo;
+            for (long i = 0; i < hi - lo; i++) d[i] += s[i];
             continue;
           }
-          long lo = (long)kx0 * C, hi = (long)kx1 * C;
-          const float *src = an + ((long)iy * W + x0 + kx0) * C;
-          for (long i = 0; i < lo; i++) c[i] = 0.f;
-          for (long i = lo; i < hi; i++) c[i] = src[i - lo];
-          for (long i = hi; i < row; i++) c[i] = 0.f;
+          float *d = dst + c;
+          if (padding) {
+            for (long i = 0; i < row; i++) d[i] = 0.f;
+            continue;
+          }
+          const float *s = src + at;
+          for (long i = 0; i < lo; i++) d[i] = 0.f;
+          for (long i = lo; i < hi; i++) d[i] = s[i - lo];
+          for (long i = hi; i < row; i++) d[i] = 0.f;
         }
       }
   }
 }
 
-/* da += col2im(dcols): the adjoint of im2col (padding positions are dropped). */
+/* cols = the column matrix of samples [n0, n0 + nt) of the NHWC input a. */
+static void im2col(const Unit *u, const float *a, int n0, int nt, float *cols) {
+  im2col_walk(u, n0, nt, a, cols, 0);
+}
+
+/* da += col2im(dcols): the adjoint of im2col. */
 static void col2im_add(const Unit *u, const float *dcols, int n0, int nt, float *da) {
-  int k = u->k, H = u->h, W = u->w, C = u->cin;
-  long row = (long)k * C;
-  const float *c = dcols;
-  for (int n = n0; n < n0 + nt; n++) {
-    float *dn = da + (long)n * H * W * C;
-    for (int oy = 0; oy < u->oh; oy++)
-      for (int ox = 0; ox < u->ow; ox++) {
-        int x0 = ox * u->s - u->pad;
-        int kx0 = x0 < 0 ? -x0 : 0, kx1 = x0 + k > W ? W - x0 : k;
-        for (int ky = 0; ky < k; ky++, c += row) {
-          int iy = oy * u->s - u->pad + ky;
-          if (iy < 0 || iy >= H || kx1 <= kx0) continue;
-          float *d = dn + ((long)iy * W + x0 + kx0) * C;
-          const float *s = c + (long)kx0 * C;
-          long len = (long)(kx1 - kx0) * C;
-          for (long i = 0; i < len; i++) d[i] += s[i];
-        }
-      }
-  }
+  im2col_walk(u, n0, nt, dcols, da, 1);
 }
 
 /* The column matrix of samples [s0, s0 + nt) of unit l's input a. */
@@ -483,22 +339,17 @@ static void maxpool(const Unit *u, int b, const float *restrict y, const float *
 }
 
 /* Forward pass of b samples of x (NHWC); as qat_mlp.c's forward, unit by unit. */
-static void cnet_forward(CNet *n, const float *params, float *act_max, int *seen, float act_ema,
-                         float s_x, const float *x, int b, int train, int quant) {
+static void cnet_forward(void *self, const float *params, float *act_max, int *seen,
+                         float act_ema, float s_x, const float *x, int b, int train, int quant) {
+  CNet *n = self;
   float s_in = s_x;
   const float *a = x;
   for (int l = 0; l < n->L; l++) {
     const Unit *u = n->u + l;
     int K = u_fan(u), N = u->cout;
-    const float *W = params + n->w_off[l], *bias = params + n->b_off[l];
-    float *Wq = n->wq + n->w_off[l], *bq = n->wq + n->b_off[l];
-    if (quant) {
-      quant_unit(W, bias, K * N, N, n->w_qmax[l], s_in, Wq, bq);
-    } else {
-      memcpy(Wq, W, sizeof(float) * K * N);
-      memcpy(bq, bias, sizeof(float) * N);
-    }
-    transpose(K, N, Wq, n->wqT + n->w_off[l]);
+    unit_weights(params, n->w_off[l], n->b_off[l], K, N, n->w_qmax[l], s_in, quant, n->wq,
+                 n->wqT);
+    const float *Wq = n->wq + n->w_off[l], *bq = n->wq + n->b_off[l];
     const float *WqT = n->wqT + n->w_off[l];
     if (l == n->L - 1) {
       conv_forward(n, l, a, b, Wq, WqT, bq, n->pred, NULL);
@@ -511,30 +362,16 @@ static void cnet_forward(CNet *n, const float *params, float *act_max, int *seen
     v8f mv = splat(0.f);
     Epi e = {NULL, train ? &mv : NULL, quant ? NULL : mk};
     conv_forward(n, l, a, b, Wq, WqT, bq, z, train || !quant ? &e : NULL);
-    if (train) {
-      float m = 0.f;
-      for (int i = 0; i < VL; i++) m = mv[i] > m ? mv[i] : m;
-      act_max[l] = seen[l] ? act_ema * act_max[l] + (1.f - act_ema) * m : m;
-      seen[l] = 1;
-    }
-    if (quant) {
-      float qa = (float)n->a_qmax[l];
-      float s_a = act_max[l] > 0.f ? act_max[l] / qa : 1.f;
-      for (long i = 0; i < sz; i++) {
-        float q = round_half_up(z[i] / s_a);
-        float c = fmin_(fmax_(q, 0.f), qa);
-        mk[i] = q == c ? 1.f : 0.f;
-        z[i] = c * s_a;
-      }
-      s_in = s_a;
-    }
+    s_in = unit_output(l, &mv, act_max, seen, act_ema, n->a_qmax[l], s_in, z, mk, sz, train,
+                       quant);
     if (pooled) maxpool(u, b, z, mk, n->out[l], n->idx[l]);
     a = n->out[l];
   }
 }
 
 /* Gradients of every parameter for the minibatch x (after cnet_forward). */
-static void cnet_backward(CNet *n, const float *x, int b) {
+static void cnet_backward(void *self, const float *x, int b) {
+  CNet *n = self;
   for (int l = n->L - 1; l >= 0; l--) {
     const Unit *u = n->u + l;
     int N = u->cout;
@@ -561,6 +398,52 @@ static void cnet_backward(CNet *n, const float *x, int b) {
   }
 }
 
+/* Unit 0 reads the training set, the same images every epoch: where it needs im2col, its
+ * column matrix is built once for every sample (count of x, NHWC), as the int8 input codes
+ * (every input is code * s_x, checked here), and a minibatch's rows are gathered from it and
+ * scaled (cnet_gather), one contiguous block per sample, instead of being rebuilt from short
+ * kernel rows in every forward and backward pass. (float)code * s_x is the very float the
+ * input holds, so the numbers are the same either way; a table too large (PRECOLS_BYTES) is
+ * not built, nor one of inputs that are not codes: unit 0 runs im2col then. */
+static void cnet_table(CNet *n, const float *x, int count, float s_x, int b_max) {
+  const Unit *u = n->u;
+  long per0 = u_pos(u) * u_fan(u);
+  if (!n->tile[0] || (long)count * per0 > PRECOLS_BYTES) return;
+  int8_t *table = malloc((size_t)count * per0);
+  float *cols0 = malloc(sizeof(float) * b_max * per0);
+  int ok = table && cols0;
+  for (int i = 0; ok && i < count; i++) {
+    im2col(u, x, i, 1, cols0);
+    for (long j = 0; j < per0; j++) {
+      float q = rintf(cols0[j] / s_x);
+      ok &= fabsf(q) <= 127.f && q * s_x == cols0[j];
+      table[(long)i * per0 + j] = (int8_t)q;
+    }
+  }
+  if (!ok) { free(table); free(cols0); return; }
+  n->table = table;
+  n->cols0 = cols0;
+  n->table_scale = s_x;
+}
+
+/* Model.gather: with a table, unit 0's columns of training samples idx[0, b) only. */
+static int cnet_gather(void *self, const int *idx, int b) {
+  CNet *n = self;
+  if (!n->table) return 0;
+  long per0 = u_pos(n->u) * u_fan(n->u);
+  for (int i = 0; i < b; i++) {
+    const int8_t *t = n->table + (long)idx[i] * per0;
+    float *c = n->cols0 + i * per0;
+    for (long j = 0; j < per0; j++) c[j] = (float)t[j] * n->table_scale;
+  }
+  return 1;
+}
+
+static Model cnet_model(CNet *n) {
+  return (Model){n, cnet_forward, cnet_backward, cnet_gather, n->L, n->u[n->L - 1].cout,
+                 u_in(n->u), n->n_params, n->grad, n->m, n->v, n->pred, n->dpred};
+}
+
 /* Train one CNN; the arguments are inag_qat_train's, with `units` (L x 12 ints, see Unit)
  * in place of the widths, x in NHWC and params in this file's layout. Returns -1, the
  * 0-based epoch of a non-finite loss, or -2 if memory ran out. */
@@ -569,71 +452,14 @@ int inag_qat_train_cnn(int L, const int *units, const int *w_qmax, const int *a_
                        const float *y_reg, const int64_t *y_cls, int n, const int *perm,
                        int epochs, int bsz, const float *lr, long quant_start, float act_ema,
                        float wd, float *epoch_loss) {
-  const Unit *u = (const Unit *)units;
   CNet net;
-  int b_max = bsz < n ? bsz : n;
-  if (cnet_init(&net, L, u, w_qmax, a_qmax, b_max)) { cnet_free(&net); return -2; }
-  long d_in = u_in(u);
-  int *seen = calloc(L, sizeof(int));
-  float *xb = malloc(sizeof(float) * b_max * d_in);
-  if (!seen || !xb) { cnet_free(&net); free(seen); free(xb); return -2; }
-  int classes = u[L - 1].cout;
-  /* Unit 0 reads the training set, the same images every epoch: where it needs im2col, its
-   * column matrix is built once for every sample, as the int8 input codes (every input is
-   * code * s_x, checked here), and a minibatch's rows are gathered from it and scaled, one
-   * contiguous block per sample, instead of being rebuilt from short kernel rows in every
-   * forward and backward pass. (float)code * s_x is the very float the input holds, so the
-   * numbers are the same either way; a table too large (PRECOLS_BYTES) is not built. */
-  long per0 = u_pos(u) * u_fan(u);
-  int8_t *table = NULL;
-  float *cols0 = NULL;
-  if (net.tile[0] && (long)n * per0 <= PRECOLS_BYTES) {
-    table = malloc((size_t)n * per0);
-    cols0 = malloc(sizeof(float) * b_max * per0);
-    int ok = table && cols0;
-    for (int i = 0; ok && i < n; i++) {
-      im2col(u, x, i, 1, cols0);
-      for (long j = 0; j < per0; j++) {
-        float q = rintf(cols0[j] / s_x);
-        ok &= fabsf(q) <= 127.f && q * s_x == cols0[j];
-        table[(long)i * per0 + j] = (int8_t)q;
-      }
-    }
-    if (!ok) { free(table); free(cols0); table = NULL; cols0 = NULL; } /* im2col instead */
-  }
-  long step = 0;
-  int status = -1;
-  for (int e = 0; e < epochs && status == -1; e++) {
-    const int *order = perm + (long)e * n;
-    double total = 0.0;
-    for (int s0 = 0; s0 < n; s0 += bsz) {
-      int b = n - s0 < bsz ? n - s0 : bsz;
-      if (cols0) { /* unit 0 reads its columns only */
-        for (int i = 0; i < b; i++) {
-          const int8_t *t = table + (long)order[s0 + i] * per0;
-          float *c = cols0 + i * per0;
-          for (long j = 0; j < per0; j++) c[j] = (float)t[j] * s_x;
-        }
-      } else
-        for (int i = 0; i < b; i++)
-          memcpy(xb + i * d_in, x + (long)order[s0 + i] * d_in, sizeof(float) * d_in);
-      net.cols0 = cols0;
-      int quant = step >= quant_start;
-      cnet_forward(&net, params, act_max, seen, act_ema, s_x, xb, b, 1, quant);
-      float loss = loss_grad(net.pred, y_reg, y_cls, order + s0, b, classes, net.dpred);
-      if (!isfinite(loss)) { status = e; break; }
-      cnet_backward(&net, xb, b);
-      step++;
-      adam_update(net.n_params, params, net.grad, net.m, net.v, step, lr[step - 1], wd);
-      total += (double)loss * b;
-    }
-    epoch_loss[e] = (float)(total / n);
+  int status = -2, b_max = bsz < n ? bsz : n;
+  if (!cnet_init(&net, L, (const Unit *)units, w_qmax, a_qmax, b_max)) {
+    cnet_table(&net, x, n, s_x, b_max);
+    status = train_loop(cnet_model(&net), params, act_max, s_x, x, y_reg, y_cls, n, perm,
+                        epochs, bsz, lr, quant_start, act_ema, wd, epoch_loss);
   }
   cnet_free(&net);
-  free(seen);
-  free(xb);
-  free(table);
-  free(cols0);
   return status;
 }
 
@@ -641,23 +467,10 @@ int inag_qat_train_cnn(int L, const int *units, const int *w_qmax, const int *a_
 int inag_qat_predict_cnn(int L, const int *units, const int *w_qmax, const int *a_qmax,
                          const float *params, const float *act_max, float s_x, const float *x,
                          int n, int bsz, float *out) {
-  const Unit *u = (const Unit *)units;
   CNet net;
-  int b_max = bsz < n ? bsz : n;
-  if (cnet_init(&net, L, u, w_qmax, a_qmax, b_max)) { cnet_free(&net); return -2; }
-  int *seen = calloc(L, sizeof(int));
-  float *am = malloc(sizeof(float) * L);
-  if (!seen || !am) { cnet_free(&net); free(seen); free(am); return -2; }
-  memcpy(am, act_max, sizeof(float) * (L - 1));
-  int c = u[L - 1].cout;
-  long d_in = u_in(u);
-  for (int s0 = 0; s0 < n; s0 += bsz) {
-    int b = n - s0 < bsz ? n - s0 : bsz;
-    cnet_forward(&net, params, am, seen, 0.f, s_x, x + (long)s0 * d_in, b, 0, 1);
-    memcpy(out + (long)s0 * c, net.pred, sizeof(float) * (long)b * c);
-  }
+  int status = -2;
+  if (!cnet_init(&net, L, (const Unit *)units, w_qmax, a_qmax, bsz < n ? bsz : n))
+    status = predict_loop(cnet_model(&net), params, act_max, s_x, x, n, bsz, out);
   cnet_free(&net);
-  free(seen);
-  free(am);
-  return 0;
+  return status;
 }

@@ -20,20 +20,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int v8i __attribute__((vector_size(32)));
-typedef float v8fu __attribute__((vector_size(32), aligned(4), may_alias)); /* unaligned */
-#define VL 8
 #define INLINE static inline __attribute__((always_inline))
 
-INLINE v8f ld(const float *p) { return *(const v8fu *)p; }
-INLINE void st(float *p, v8f v) { *(v8fu *)p = v; }
+/* The vector types of W floats, v<W>f, v<W>i and v<W>fu (unaligned), and their helpers ld<S>,
+ * st<S>, vmax<S>: S is "" for the 8 lanes of AVX2 here, "16" for AVX-512's (qat_cnn.c). */
+#define VEC_TYPES(W, S)                                                                           \
+  typedef float v##W##f __attribute__((vector_size(4 * W)));                                      \
+  typedef int v##W##i __attribute__((vector_size(4 * W)));                                        \
+  typedef float v##W##fu __attribute__((vector_size(4 * W), aligned(4), may_alias));              \
+  INLINE v##W##f ld##S(const float *p) { return *(const v##W##fu *)p; }                           \
+  INLINE void st##S(float *p, v##W##f v) { *(v##W##fu *)p = v; }                                  \
+  INLINE v##W##f vmax##S(v##W##f a, v##W##f b) {                                                  \
+    v##W##i gt = a > b; /* lanes all-ones where a is larger (vector ?: is C++ only) */            \
+    return (v##W##f)(((v##W##i)a & gt) | ((v##W##i)b & ~gt));                                     \
+  }
+VEC_TYPES(8, )
+#define VL 8
 INLINE v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
-
-INLINE v8f vmax(v8f a, v8f b) {
-  v8i gt = a > b; /* lanes all-ones where a is larger (vector ?: is C++ only) */
-  return (v8f)(((v8i)a & gt) | ((v8i)b & ~gt));
-}
 
 /* What happens to a matmul result on its way out of the registers, so that no separate pass
  * over memory is needed: multiply by a 0/1 mask (the input gradient), track the largest
@@ -44,117 +47,7 @@ typedef struct {
   float *relu_mask;  /* C = max(C, 0) and relu_mask = (C > 0) */
 } Epi;
 
-/* C[r, 0:NV*8] = bias + sum_t A(r, t) * B[t, 0:NV*8] for the RB rows r0 .. r0 + RB - 1.
- * A(r, t) = A[r * ar + t * at]: ar = lda, at = 1 is a row-major A; ar = 1, at = lda reads A
- * transposed (the weight gradient A^T dZ). The RB x NV accumulators, NV B vectors and one
- * broadcast stay in the 16 vector registers. An FMA has a latency of ~4-5 cycles and two
- * issue each cycle, so it takes >= 8-10 independent accumulators to keep the units busy:
- * hence 6 rows x 2 vectors (12) and 8 rows x 1 vector (8), not the 2 x 1 a naive loop has. */
-INLINE void block(int NV, int RB, int r0, int T, const float *A, long ar, long at,
-                  const float *B, long ldb, const float *bias, float *C, long ldc,
-                  const Epi *e) {
-  v8f c[8][2];
-#pragma GCC unroll 8
-  for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; v++) c[q][v] = bias ? ld(bias + VL * v) : splat(0.f);
-  const float *a = A + r0 * ar;
-  int t = 0;
-  if (RB * NV <= 4) {
-    /* few accumulators (a remainder block): a second set for odd t doubles the independent
-     * FMA chains, which is what bounds these blocks over the long T of a weight gradient */
-    v8f d[4][2];
-#pragma GCC unroll 8
-    for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) d[q][v] = splat(0.f);
-    for (; t + 1 < T; t += 2) {
-      const float *b = B + t * ldb;
-      v8f bv[2], bw[2];
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) {
-        bv[v] = ld(b + VL * v);
-        bw[v] = ld(b + ldb + VL * v);
-      }
-#pragma GCC unroll 8
-      for (int q = 0; q < RB; q++) {
-        v8f x = splat(a[q * ar + t * at]), y = splat(a[q * ar + (t + 1) * at]);
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; v++) {
-          c[q][v] += x * bv[v];
-          d[q][v] += y * bw[v];
-        }
-      }
-    }
-#pragma GCC unroll 8
-    for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) c[q][v] += d[q][v];
-  }
-  for (; t < T; t++) {
-    const float *b = B + t * ldb;
-    v8f bv[2];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; v++) bv[v] = ld(b + VL * v);
-#pragma GCC unroll 8
-    for (int q = 0; q < RB; q++) {
-      v8f x = splat(a[q * ar + t * at]);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; v++) c[q][v] += x * bv[v];
-    }
-  }
-  if (e) {
-    if (e->mask)
-#pragma GCC unroll 8
-      for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; v++) c[q][v] *= ld(e->mask + (r0 + q) * ldc + VL * v);
-    if (e->max) {
-      v8f m = *e->max;
-#pragma GCC unroll 8
-      for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; v++) m = vmax(c[q][v], m);
-      *e->max = m;
-    }
-    if (e->relu_mask)
-#pragma GCC unroll 8
-      for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; v++) {
-          v8i pos = c[q][v] > splat(0.f);
-          st(e->relu_mask + (r0 + q) * ldc + VL * v, (v8f)(pos & (v8i)splat(1.f)));
-          c[q][v] = (v8f)(pos & (v8i)c[q][v]);
-        }
-  }
-#pragma GCC unroll 8
-  for (int q = 0; q < RB; q++)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; v++) st(C + (r0 + q) * ldc + VL * v, c[q][v]);
-}
-
-/* Rows [0, R) of an NV-vector-wide column strip, RB rows at a time, then the remainder. */
-#define STRIP(NV, RB)                                                                       \
-  static void strip##NV(int R, int T, const float *A, long ar, long at, const float *B,     \
-                        long ldb, const float *bias, float *C, long ldc, const Epi *e) {    \
-    int r = 0;                                                                              \
-    for (; r + RB <= R; r += RB) block(NV, RB, r, T, A, ar, at, B, ldb, bias, C, ldc, e);      \
-    switch (R - r) {                                                                        \
-      case 7: block(NV, 7, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
-      case 6: block(NV, 6, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
-      case 5: block(NV, 5, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
-      case 4: block(NV, 4, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
-      case 3: block(NV, 3, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
-      case 2: block(NV, 2, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
-      case 1: block(NV, 1, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
-      default: break;                                                                       \
-    }                                                                                       \
-  }
-STRIP(2, 6)
-STRIP(1, 8)
-
-/* Columns [0, N - N % 8) of C[R x N] = bias + A(R x T) @ B[T x N] (A strided as in `block`,
- * B and C with leading dimensions ldb, ldc); returns the first column left undone. */
+/* The epilogue of the columns from j on. */
 static Epi epi_at(const Epi *e, Epi *out, int j) {
   *out = *e;
   if (out->mask) out->mask += j;
@@ -162,21 +55,131 @@ static Epi epi_at(const Epi *e, Epi *out, int j) {
   return *out;
 }
 
-static int matmul_vec(int R, int T, int N, const float *A, long ar, long at, const float *B,
-                      long ldb, const float *bias, float *C, long ldc, const Epi *e) {
-  int j = 0;
-  Epi ej;
-  for (; j + 2 * VL <= N; j += 2 * VL) {
-    if (e) epi_at(e, &ej, j);
-    strip2(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, e ? &ej : 0);
+/* ------------------------------------------------------------------ register-blocked GEMM
+ * GEMM_KERNELS(W, S, RB2) defines, for vectors of W floats (helpers suffixed S):
+ *
+ * blockW: C[r, 0:NV*W] = bias + sum_t A(r, t) * B[t, 0:NV*W] for the RB rows r0 .. r0 + RB - 1.
+ * A(r, t) = A[r * ar + t * at]: ar = lda, at = 1 is a row-major A; ar = 1, at = lda reads A
+ * transposed (the weight gradient A^T dZ). The RB x NV accumulators, NV B vectors and one
+ * broadcast stay in the vector registers (16 with AVX2, 32 with AVX-512). An FMA has a latency
+ * of ~4-5 cycles and two issue each cycle, so it takes >= 8-10 independent accumulators to keep
+ * the units busy: hence RB2 rows x 2 vectors and 8 rows x 1 vector, not the 2 x 1 a naive loop
+ * has. A block of few accumulators (a remainder block) takes a second set for odd t, which
+ * doubles the independent FMA chains that bound it over the long T of a weight gradient.
+ *
+ * stripW_NV: rows [0, R) of an NV-vector-wide column strip, RB rows at a time, then the rest.
+ *
+ * matmulW: columns [0, N - N % W) of C[R x N] = bias + A(R x T) @ B[T x N] (A strided as in
+ * blockW, B and C with leading dimensions ldb, ldc); returns the first column left undone.
+ *
+ * One definition for both widths, so both sum in the same order; how a block's maximum starts
+ * from and goes back to the 8 lanes of *e->max is the width's max_startW / max_endW. */
+#define ROWS _Pragma("GCC unroll 8")
+#define VECS _Pragma("GCC unroll 2")
+#define STRIP(W, NV, RB)                                                                          \
+  static void strip##W##_##NV(int R, int T, const float *A, long ar, long at, const float *B,     \
+                              long ldb, const float *bias, float *C, long ldc, const Epi *e) {    \
+    int r = 0;                                                                                    \
+    for (; r + RB <= R; r += RB) block##W(NV, RB, r, T, A, ar, at, B, ldb, bias, C, ldc, e);      \
+    switch (R - r) {                                                                              \
+      case 7: block##W(NV, 7, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 6: block##W(NV, 6, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 5: block##W(NV, 5, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 4: block##W(NV, 4, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 3: block##W(NV, 3, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 2: block##W(NV, 2, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      case 1: block##W(NV, 1, r, T, A, ar, at, B, ldb, bias, C, ldc, e); break;                   \
+      default: break;                                                                             \
+    }                                                                                             \
   }
-  if (j + VL <= N) {
-    if (e) epi_at(e, &ej, j);
-    strip1(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, e ? &ej : 0);
-    j += VL;
+#define GEMM_KERNELS(W, S, RB2)                                                                   \
+  INLINE void block##W(int NV, int RB, int r0, int T, const float *A, long ar, long at,           \
+                       const float *B, long ldb, const float *bias, float *C, long ldc,           \
+                       const Epi *e) {                                                            \
+    v##W##f c[8][2];                                                                              \
+    ROWS for (int q = 0; q < RB; q++)                                                             \
+      VECS for (int v = 0; v < NV; v++) c[q][v] = bias ? ld##S(bias + W * v) : splat##S(0.f);     \
+    const float *a = A + r0 * ar;                                                                 \
+    int t = 0;                                                                                    \
+    if (RB * NV <= 4) {                                                                           \
+      v##W##f d[4][2];                                                                            \
+      ROWS for (int q = 0; q < RB; q++)                                                           \
+        VECS for (int v = 0; v < NV; v++) d[q][v] = splat##S(0.f);                                \
+      for (; t + 1 < T; t += 2) {                                                                 \
+        const float *b = B + t * ldb;                                                             \
+        v##W##f bv[2], bw[2];                                                                     \
+        VECS for (int v = 0; v < NV; v++) {                                                       \
+          bv[v] = ld##S(b + W * v);                                                               \
+          bw[v] = ld##S(b + ldb + W * v);                                                         \
+        }                                                                                         \
+        ROWS for (int q = 0; q < RB; q++) {                                                       \
+          v##W##f x = splat##S(a[q * ar + t * at]), y = splat##S(a[q * ar + (t + 1) * at]);       \
+          VECS for (int v = 0; v < NV; v++) {                                                     \
+            c[q][v] += x * bv[v];                                                                 \
+            d[q][v] += y * bw[v];                                                                 \
+          }                                                                                       \
+        }                                                                                         \
+      }                                                                                           \
+      ROWS for (int q = 0; q < RB; q++)                                                           \
+        VECS for (int v = 0; v < NV; v++) c[q][v] += d[q][v];                                     \
+    }                                                                                             \
+    for (; t < T; t++) {                                                                          \
+      const float *b = B + t * ldb;                                                               \
+      v##W##f bv[2];                                                                              \
+      VECS for (int v = 0; v < NV; v++) bv[v] = ld##S(b + W * v);                                 \
+      ROWS for (int q = 0; q < RB; q++) {                                                         \
+        v##W##f x = splat##S(a[q * ar + t * at]);                                                 \
+        VECS for (int v = 0; v < NV; v++) c[q][v] += x * bv[v];                                   \
+      }                                                                                           \
+    }                                                                                             \
+    if (e) {                                                                                      \
+      if (e->mask)                                                                                \
+        ROWS for (int q = 0; q < RB; q++)                                                         \
+          VECS for (int v = 0; v < NV; v++) c[q][v] *= ld##S(e->mask + (r0 + q) * ldc + W * v);   \
+      if (e->max) {                                                                               \
+        v##W##f m = max_start##W(e->max);                                                         \
+        ROWS for (int q = 0; q < RB; q++)                                                         \
+          VECS for (int v = 0; v < NV; v++) m = vmax##S(c[q][v], m);                              \
+        max_end##W(e->max, m);                                                                    \
+      }                                                                                           \
+      if (e->relu_mask)                                                                           \
+        ROWS for (int q = 0; q < RB; q++)                                                         \
+          VECS for (int v = 0; v < NV; v++) {                                                     \
+            v##W##i pos = c[q][v] > splat##S(0.f);                                                \
+            st##S(e->relu_mask + (r0 + q) * ldc + W * v,                                          \
+                  (v##W##f)(pos & (v##W##i)splat##S(1.f)));                                       \
+            c[q][v] = (v##W##f)(pos & (v##W##i)c[q][v]);                                          \
+          }                                                                                       \
+    }                                                                                             \
+    ROWS for (int q = 0; q < RB; q++)                                                             \
+      VECS for (int v = 0; v < NV; v++) st##S(C + (r0 + q) * ldc + W * v, c[q][v]);               \
+  }                                                                                               \
+  STRIP(W, 2, RB2)                                                                                \
+  STRIP(W, 1, 8)                                                                                  \
+  static int matmul##W(int R, int T, int N, const float *A, long ar, long at, const float *B,     \
+                       long ldb, const float *bias, float *C, long ldc, const Epi *e) {           \
+    int j = 0;                                                                                    \
+    Epi ej;                                                                                       \
+    for (; j + 2 * W <= N; j += 2 * W) {                                                          \
+      if (e) epi_at(e, &ej, j);                                                                   \
+      strip##W##_2(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, e ? &ej : 0);    \
+    }                                                                                             \
+    if (j + W <= N) {                                                                             \
+      if (e) epi_at(e, &ej, j);                                                                   \
+      strip##W##_1(R, T, A, ar, at, B + j, ldb, bias ? bias + j : 0, C + j, ldc, e ? &ej : 0);    \
+      j += W;                                                                                     \
+    }                                                                                             \
+    return j;                                                                                     \
   }
-  return j;
-}
+
+/* 8 wide: the block's maximum runs through *e->max itself. */
+INLINE v8f max_start8(const v8f *acc) { return *acc; }
+INLINE void max_end8(v8f *acc, v8f m) { *acc = m; }
+GEMM_KERNELS(8, , 6)
+
+/* A GEMM as matmul8 (or qat_cnn.c's matmul_wide), for affine_mm and grad_w_mm. */
+typedef int Matmul(int R, int T, int N, const float *A, long ar, long at, const float *B,
+                   long ldb, const float *bias, float *C, long ldc, const Epi *e);
 
 #if defined(__clang__)
 #define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
@@ -277,11 +280,12 @@ static void transpose(int K, int N, const float *in, float *out) {
     for (int j = 0; j < N; j++) out[(long)j * K + k] = in[(long)k * N + j];
 }
 
-/* C[R x N] = bias + A[R x K] @ W[K x N]; WT = W^T serves the columns past the last multiple
- * of 8. The forward pass (W = weights) and the input gradient (W = weights^T) both use it. */
-static void affine(int R, int K, int N, const float *A, const float *W, const float *WT,
-                   const float *bias, float *C, const Epi *e) {
-  int j = matmul_vec(R, K, N, A, K, 1, W, N, bias, C, N, e);
+/* C[R x N] = bias + A[R x K] @ W[K x N] by the GEMM mm; WT = W^T serves the columns mm leaves
+ * (past the last multiple of 8). The forward pass (W = weights) and the input gradient
+ * (W = weights^T) both use it: `affine` with matmul8, qat_cnn.c's affine_w 16 wide. */
+INLINE void affine_mm(Matmul *mm, int R, int K, int N, const float *A, const float *W,
+                      const float *WT, const float *bias, float *C, const Epi *e) {
+  int j = mm(R, K, N, A, K, 1, W, N, bias, C, N, e);
   if (j == N) return;
   dots(R, K, j, N, A, WT, bias, C);
   if (!e) return;
@@ -297,13 +301,20 @@ static void affine(int R, int K, int N, const float *A, const float *W, const fl
     }
 }
 
-/* gW[K x N] = A[R x K]^T @ dZ[R x N]. The columns past the last multiple of 8 are computed
- * transposed (gW^T rows = dZ columns^T @ A, vectorized along K) into tmp, then placed. */
-static void grad_w(int R, int K, int N, const float *A, const float *dZ, float *gW, float *tmp) {
-  int j = matmul_vec(K, R, N, A, 1, K, dZ, N, 0, gW, N, NULL);
+static void affine(int R, int K, int N, const float *A, const float *W, const float *WT,
+                   const float *bias, float *C, const Epi *e) {
+  affine_mm(matmul8, R, K, N, A, W, WT, bias, C, e);
+}
+
+/* gW[K x N] = A[R x K]^T @ dZ[R x N] by the GEMM mm. The columns mm leaves (past the last
+ * multiple of 8) are computed transposed (gW^T rows = dZ columns^T @ A, vectorized along K)
+ * into tmp, then placed. `grad_w` with matmul8, qat_cnn.c's grad_w_w 16 wide. */
+INLINE void grad_w_mm(Matmul *mm, int R, int K, int N, const float *A, const float *dZ,
+                      float *gW, float *tmp) {
+  int j = mm(K, R, N, A, 1, K, dZ, N, 0, gW, N, NULL);
   if (j == N) return;
   int nt = N - j;
-  int k = matmul_vec(nt, R, K, dZ + j, 1, N, A, K, 0, tmp, K, NULL);
+  int k = mm(nt, R, K, dZ + j, 1, N, A, K, 0, tmp, K, NULL);
   for (int q = 0; q < nt; q++)
     for (int kk = k; kk < K; kk++) { /* both narrow: 4 chains, see colsum */
       float s[4] = {0.f, 0.f, 0.f, 0.f};
@@ -316,6 +327,10 @@ static void grad_w(int R, int K, int N, const float *A, const float *dZ, float *
     }
   for (int q = 0; q < nt; q++)
     for (int kk = 0; kk < K; kk++) gW[(long)kk * N + j + q] = tmp[(long)q * K + kk];
+}
+
+static void grad_w(int R, int K, int N, const float *A, const float *dZ, float *gW, float *tmp) {
+  grad_w_mm(matmul8, R, K, N, A, dZ, gW, tmp);
 }
 
 /* gb[0:N] = sum over the R rows of dZ[R x N]: the bias gradient, accumulated in registers. */
@@ -384,6 +399,60 @@ static void quant_unit(const float *w, const float *b, int n_w, int n_b, int qma
   for (int i = 0; i < n_b; i++) bq[i] = round_half_up(b[i] / s_b) * s_b;
 }
 
+/* Unit l's weights (K x N, at w_off in params) and biases (at b_off) as its forward pass uses
+ * them, into wq (params layout): fake-quantized at input scale s_in (quant), else as they are
+ * (the float warm-up); their transpose into wqT (at w_off). */
+static void unit_weights(const float *params, long w_off, long b_off, int K, int N, int w_qmax,
+                         float s_in, int quant, float *wq, float *wqT) {
+  const float *W = params + w_off, *b = params + b_off;
+  float *Wq = wq + w_off, *bq = wq + b_off;
+  if (quant) {
+    quant_unit(W, b, K * N, N, w_qmax, s_in, Wq, bq);
+  } else {
+    memcpy(Wq, W, sizeof(float) * K * N);
+    memcpy(bq, b, sizeof(float) * N);
+  }
+  transpose(K, N, Wq, wqT + w_off);
+}
+
+/* The rest of hidden unit l's forward pass once its output z (sz floats) is computed, with
+ * the range statistic *mv (lanes of max(0, max z)) kept on the way out if train: the range
+ * act_max[l] (its first value, then an EMA), and with quant, z fake-quantized in place to
+ * 0 .. a_qmax and its STE mask. Returns the next unit's input scale. */
+static float unit_output(int l, const v8f *mv, float *act_max, int *seen, float act_ema,
+                         int a_qmax, float s_in, float *z, float *mask, long sz, int train,
+                         int quant) {
+  if (train) {
+    float m = 0.f;
+    for (int i = 0; i < VL; i++) m = (*mv)[i] > m ? (*mv)[i] : m;
+    act_max[l] = seen[l] ? act_ema * act_max[l] + (1.f - act_ema) * m : m;
+    seen[l] = 1;
+  }
+  if (!quant) return s_in;
+  float qa = (float)a_qmax;
+  float s_a = act_max[l] > 0.f ? act_max[l] / qa : 1.f;
+  for (long i = 0; i < sz; i++) {
+    float q = round_half_up(z[i] / s_a);
+    float c = fmin_(fmax_(q, 0.f), qa);
+    mask[i] = q == c ? 1.f : 0.f;
+    z[i] = c * s_a;
+  }
+  return s_a;
+}
+
+/* The buffers of n_params floats every net has (Net, qat_cnn.c's CNet), carved from p in this
+ * order: fake-quantized parameters, W^T per unit, the gradient, Adam's m and v. Returns p past
+ * them. */
+static float *param_buffers(float *p, long n_params, float **wq, float **wqT, float **grad,
+                            float **m, float **v) {
+  *wq = p; p += n_params;
+  *wqT = p; p += n_params;
+  *grad = p; p += n_params;
+  *m = p; p += n_params;
+  *v = p; p += n_params;
+  return p;
+}
+
 /* A net's shapes and its scratch memory for one minibatch size. */
 typedef struct {
   int L;                /* units (hidden layers + head) */
@@ -423,12 +492,7 @@ static int net_init(Net *n, int L, const int *w, const int *w_qmax, const int *a
   long total = 5 * off + 3 * act + 2 * out + (long)VL * widest;
   n->scratch = calloc(total, sizeof(float));
   if (!n->scratch) return -1;
-  float *p = n->scratch;
-  n->wq = p; p += off;
-  n->wqT = p; p += off;
-  n->grad = p; p += off;
-  n->m = p; p += off;
-  n->v = p; p += off;
+  float *p = param_buffers(n->scratch, off, &n->wq, &n->wqT, &n->grad, &n->m, &n->v);
   for (int l = 0; l < L - 1; l++) {
     long sz = (long)bsz * w[l + 1];
     n->y[l] = p; p += sz;
@@ -447,22 +511,17 @@ static void net_free(Net *n) {
 
 /* Forward pass of `bsz` rows of x. train: update the activation ranges (EMA of the max);
  * quant: fake quantization on (else float weights and plain ReLU, the warm-up). */
-static void forward(Net *n, const float *params, float *act_max, int *seen, float act_ema,
+static void forward(void *self, const float *params, float *act_max, int *seen, float act_ema,
                     float s_x, const float *x, int bsz, int train, int quant) {
+  Net *n = self;
   const int *w = n->w;
   float s_in = s_x;
   const float *a = x;
   for (int l = 0; l < n->L; l++) {
     int K = w[l], N = w[l + 1];
-    const float *W = params + n->w_off[l], *b = params + n->b_off[l];
-    float *Wq = n->wq + n->w_off[l], *bq = n->wq + n->b_off[l];
-    if (quant) {
-      quant_unit(W, b, K * N, N, n->w_qmax[l], s_in, Wq, bq);
-    } else {
-      memcpy(Wq, W, sizeof(float) * K * N);
-      memcpy(bq, b, sizeof(float) * N);
-    }
-    transpose(K, N, Wq, n->wqT + n->w_off[l]);
+    unit_weights(params, n->w_off[l], n->b_off[l], K, N, n->w_qmax[l], s_in, quant, n->wq,
+                 n->wqT);
+    const float *Wq = n->wq + n->w_off[l], *bq = n->wq + n->b_off[l];
     const float *WqT = n->wqT + n->w_off[l];
     int head = l == n->L - 1;
     float *z = head ? n->pred : n->y[l];
@@ -475,23 +534,8 @@ static void forward(Net *n, const float *params, float *act_max, int *seen, floa
     v8f mv = splat(0.f); /* the activation range statistic: max(0, max z), on the way out */
     Epi e = {NULL, train ? &mv : NULL, quant ? NULL : mask};
     affine(bsz, K, N, a, Wq, WqT, bq, z, train || !quant ? &e : NULL);
-    if (train) {
-      float m = 0.f;
-      for (int l = 0; l < VL; l++) m = mv[l] > m ? mv[l] : m;
-      act_max[l] = seen[l] ? act_ema * act_max[l] + (1.f - act_ema) * m : m;
-      seen[l] = 1;
-    }
-    if (quant) {
-      float qa = (float)n->a_qmax[l];
-      float s_a = act_max[l] > 0.f ? act_max[l] / qa : 1.f;
-      for (long i = 0; i < sz; i++) {
-        float q = round_half_up(z[i] / s_a);
-        float c = fmin_(fmax_(q, 0.f), qa);
-        mask[i] = q == c ? 1.f : 0.f;
-        z[i] = c * s_a;
-      }
-      s_in = s_a;
-    }
+    s_in = unit_output(l, &mv, act_max, seen, act_ema, n->a_qmax[l], s_in, z, mask, sz, train,
+                       quant);
     a = z;
   }
 }
@@ -524,7 +568,8 @@ static float loss_grad(const float *p, const float *yr, const int64_t *yc, const
 }
 
 /* Gradients of every parameter for the minibatch `x` (after `forward`). */
-static void backward(Net *n, const float *x, int bsz) {
+static void backward(void *self, const float *x, int bsz) {
+  Net *n = self;
   const int *w = n->w;
   const float *dz = n->dpred;
   for (int l = n->L - 1; l >= 0; l--) {
@@ -555,6 +600,82 @@ static void adam_update(long n_params, float *params, const float *g, float *m, 
   }
 }
 
+/* A net as the training and inference loops below see it (a Net here, a CNet in qat_cnn.c):
+ * its passes, which take the net as self, and what the loops read and update of it. */
+typedef struct {
+  void *self;
+  /* Forward pass of b samples of x. train: update the activation ranges (EMA of the max);
+   * quant: fake quantization on (else float weights and plain ReLU, the warm-up). */
+  void (*forward)(void *self, const float *params, float *act_max, int *seen, float act_ema,
+                  float s_x, const float *x, int b, int train, int quant);
+  /* Gradients of every parameter for the minibatch x (after forward). */
+  void (*backward)(void *self, const float *x, int b);
+  /* The minibatch of training samples idx[0, b) where the net reads it itself (returns 1;
+   * NULL or 0: train_loop copies their rows of x into the forward pass's input). */
+  int (*gather)(void *self, const int *idx, int b);
+  int L, classes;       /* units, head outputs */
+  long d_in, n_params;  /* floats of one input sample, of the parameters */
+  float *grad, *m, *v;  /* Adam */
+  float *pred, *dpred;  /* head output and its gradient */
+} Model;
+
+/* Train one net: see inag_qat_train, whose arguments past the net's shapes these are. */
+static int train_loop(Model md, float *params, float *act_max, float s_x, const float *x,
+                      const float *y_reg, const int64_t *y_cls, int n, const int *perm,
+                      int epochs, int bsz, const float *lr, long quant_start, float act_ema,
+                      float wd, float *epoch_loss) {
+  int b_max = bsz < n ? bsz : n;
+  int *seen = calloc(md.L, sizeof(int));
+  float *xb = malloc(sizeof(float) * b_max * md.d_in);
+  long step = 0;
+  int status = seen && xb ? -1 : -2;
+  for (int e = 0; e < epochs && status == -1; e++) {
+    const int *order = perm + (long)e * n;
+    double total = 0.0;
+    for (int s0 = 0; s0 < n; s0 += bsz) {
+      int b = n - s0 < bsz ? n - s0 : bsz;
+      if (!md.gather || !md.gather(md.self, order + s0, b))
+        for (int i = 0; i < b; i++)
+          memcpy(xb + i * md.d_in, x + order[s0 + i] * md.d_in, sizeof(float) * md.d_in);
+      int quant = step >= quant_start;
+      md.forward(md.self, params, act_max, seen, act_ema, s_x, xb, b, 1, quant);
+      float loss = loss_grad(md.pred, y_reg, y_cls, order + s0, b, md.classes, md.dpred);
+      if (!isfinite(loss)) { status = e; break; }
+      md.backward(md.self, xb, b);
+      step++;
+      adam_update(md.n_params, params, md.grad, md.m, md.v, step, lr[step - 1], wd);
+      total += (double)loss * b;
+    }
+    epoch_loss[e] = (float)(total / n);
+  }
+  free(seen);
+  free(xb);
+  return status;
+}
+
+/* Quantized inference of a trained net on n samples of x: out is n x md.classes. */
+static int predict_loop(Model md, const float *params, const float *act_max, float s_x,
+                        const float *x, int n, int bsz, float *out) {
+  int *seen = calloc(md.L, sizeof(int));
+  float *am = malloc(sizeof(float) * md.L);
+  if (!seen || !am) { free(seen); free(am); return -2; }
+  memcpy(am, act_max, sizeof(float) * (md.L - 1));
+  int c = md.classes;
+  for (int s0 = 0; s0 < n; s0 += bsz) {
+    int b = n - s0 < bsz ? n - s0 : bsz;
+    md.forward(md.self, params, am, seen, 0.f, s_x, x + s0 * md.d_in, b, 0, 1);
+    memcpy(out + (long)s0 * c, md.pred, sizeof(float) * (long)b * c);
+  }
+  free(seen);
+  free(am);
+  return 0;
+}
+
+static Model net_model(Net *n) {
+  return (Model){n, forward, backward, NULL, n->L, n->w[n->L], n->w[0], n->n_params,
+                 n->grad, n->m, n->v, n->pred, n->dpred};
+}
+
 /* Train one net. params (W_0, b_0, W_1, b_1, ...; W as in x out) hold the initialization and
  * come back trained; act_max (L - 1) comes back with the ranges. perm holds each epoch's
  * sample order (epochs x n), lr each optimizer step's rate; quantization starts at step
@@ -566,35 +687,11 @@ int inag_qat_train(int L, const int *w, const int *w_qmax, const int *a_qmax, fl
                    const float *lr, long quant_start, float act_ema, float wd,
                    float *epoch_loss) {
   Net net;
-  int b_max = bsz < n ? bsz : n;
-  if (net_init(&net, L, w, w_qmax, a_qmax, b_max)) { net_free(&net); return -2; }
-  int *seen = calloc(L, sizeof(int));
-  float *xb = malloc(sizeof(float) * (long)b_max * w[0]);
-  if (!seen || !xb) { net_free(&net); free(seen); free(xb); return -2; }
-  int d_in = w[0], classes = w[L];
-  long step = 0;
-  int status = -1;
-  for (int e = 0; e < epochs && status == -1; e++) {
-    const int *order = perm + (long)e * n;
-    double total = 0.0;
-    for (int s0 = 0; s0 < n; s0 += bsz) {
-      int b = n - s0 < bsz ? n - s0 : bsz;
-      for (int i = 0; i < b; i++)
-        memcpy(xb + (long)i * d_in, x + (long)order[s0 + i] * d_in, sizeof(float) * d_in);
-      int quant = step >= quant_start;
-      forward(&net, params, act_max, seen, act_ema, s_x, xb, b, 1, quant);
-      float loss = loss_grad(net.pred, y_reg, y_cls, order + s0, b, classes, net.dpred);
-      if (!isfinite(loss)) { status = e; break; }
-      backward(&net, xb, b);
-      step++;
-      adam_update(net.n_params, params, net.grad, net.m, net.v, step, lr[step - 1], wd);
-      total += (double)loss * b;
-    }
-    epoch_loss[e] = (float)(total / n);
-  }
+  int status = -2;
+  if (!net_init(&net, L, w, w_qmax, a_qmax, bsz < n ? bsz : n))
+    status = train_loop(net_model(&net), params, act_max, s_x, x, y_reg, y_cls, n, perm,
+                        epochs, bsz, lr, quant_start, act_ema, wd, epoch_loss);
   net_free(&net);
-  free(seen);
-  free(xb);
   return status;
 }
 
@@ -603,20 +700,9 @@ int inag_qat_predict(int L, const int *w, const int *w_qmax, const int *a_qmax,
                      const float *params, const float *act_max, float s_x, const float *x,
                      int n, int bsz, float *out) {
   Net net;
-  int b_max = bsz < n ? bsz : n;
-  if (net_init(&net, L, w, w_qmax, a_qmax, b_max)) { net_free(&net); return -2; }
-  int *seen = calloc(L, sizeof(int));
-  float *am = malloc(sizeof(float) * L);
-  if (!seen || !am) { net_free(&net); free(seen); free(am); return -2; }
-  memcpy(am, act_max, sizeof(float) * (L - 1));
-  int c = w[L];
-  for (int s0 = 0; s0 < n; s0 += bsz) {
-    int b = n - s0 < bsz ? n - s0 : bsz;
-    forward(&net, params, am, seen, 0.f, s_x, x + (long)s0 * w[0], b, 0, 1);
-    memcpy(out + (long)s0 * c, net.pred, sizeof(float) * (long)b * c);
-  }
+  int status = -2;
+  if (!net_init(&net, L, w, w_qmax, a_qmax, bsz < n ? bsz : n))
+    status = predict_loop(net_model(&net), params, act_max, s_x, x, n, bsz, out);
   net_free(&net);
-  free(seen);
-  free(am);
-  return 0;
+  return status;
 }
