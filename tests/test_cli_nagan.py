@@ -181,6 +181,32 @@ def test_generate_perf_is_normalized(
     assert [r["arch_id"] for r in _lines(out2)] == [r["arch_id"] for r in recs]
 
 
+def test_generate_refine_zero_is_the_papers_generator(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path
+) -> None:
+    """The default bag is refined (closer to c by the encoder); `--refine 0` is the paper's."""
+    args = ("generate", "--model", tiny_model_path, "--condition", "0.5", "-n", "200")
+    bags = {}
+    for refine in ("0", None):
+        code, out, err = run(capsys, *args, *(("--refine", refine) if refine else ()))
+        assert code == 0, err
+        bags[refine] = _lines(out)
+    mean = {k: sum(r["dist_f"] for r in v) / len(v) for k, v in bags.items()}
+    assert mean[None] < mean["0"]
+
+
+@pytest.mark.parametrize(
+    "command, args",
+    [("generate", ("--condition", "0.5", "--refine", "-1")), ("select", ("--refine", "x"))],
+)
+def test_bad_refine_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path, command: str, args: tuple
+) -> None:
+    code, out, err = run(capsys, command, "--model", tiny_model_path, "-n", "5", *args)
+    assert code == 2 and out == ""
+    assert "Traceback" not in err and "Invalid value for '--refine'" in err
+
+
 def test_generate_to_a_file(
     capsys: pytest.CaptureFixture[str], tiny_model_path: Path, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ import json
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,6 +81,62 @@ def test_generation_is_valid_for_many_seeds_and_conditions(tiny_model: Nagan) ->
 def test_non_finite_condition_is_a_model_error(tiny_model: Nagan, bad: float) -> None:
     with pytest.raises(ModelError, match="finite"):
         tiny_model.generate(bad, 10)
+
+
+# ---------------------------------------------------------------------------- refinement
+def _plain_codes(model: Nagan, c: float, n: int, seed: int) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, model.config.latent_dim, generator=gen)
+    with torch.no_grad():
+        return model.generator(z, torch.full((n,), c)).numpy()
+
+
+def test_refine_zero_is_the_papers_plain_generator(tiny_model: Nagan) -> None:
+    raw = _plain_codes(tiny_model, 0.6, 300, 5)
+    np.testing.assert_array_equal(
+        tiny_model.generate_encoded(0.6, 300, seed=5, refine=0),
+        tiny_model.space.canonical_many(raw),
+    )
+
+
+@pytest.mark.parametrize("c", [0.2, 0.5, 0.9])
+def test_refinement_brings_the_bag_closer_to_c(tiny_model: Nagan, c: float) -> None:
+    from inag.nagan import REFINE_TOL
+
+    plain = tiny_model.generate_encoded(c, 600, seed=2, refine=0)
+    refined = tiny_model.generate_encoded(c, 600, seed=2, refine=50)
+    d0 = np.abs(tiny_model.estimate_encoded(plain) - c)
+    d1 = np.abs(tiny_model.estimate_encoded(refined) - c)
+    assert d1.mean() < d0.mean()
+    assert (d1 <= 0.05).mean() > (d0 <= 0.05).mean()
+    # a code already within the tolerance is never moved, so the spread of the bag survives
+    ok = d0 <= REFINE_TOL
+    assert ok.any() or c == 0.9  # the tiny model's plain bag never gets that close at 0.9
+    np.testing.assert_array_equal(refined[ok], plain[ok])
+    # every refined code is an architecture of the space
+    for a in tiny_model.space.decode_many(refined):
+        assert tiny_model.space.contains(a)
+
+
+def test_refined_bag_is_the_same_in_pieces(tiny_model: Nagan) -> None:
+    """Blocks are refined independently, so a bag drawn in pieces of whole blocks is the
+    one-call bag (what `inag generate` streams)."""
+    from inag.nagan import REFINE_BLOCK
+
+    n = 2 * REFINE_BLOCK + 300
+    whole = tiny_model.generate(0.7, n, seed=9)
+    for chunk in (1, REFINE_BLOCK, REFINE_BLOCK + 1):
+        pieces = list(tiny_model.generate_chunks(0.7, n, seed=9, chunk=chunk))
+        assert all(len(p) % REFINE_BLOCK == 0 for p in pieces[:-1])
+        assert [a.arch_id for p in pieces for a in p] == [a.arch_id for a in whole]
+
+
+@pytest.mark.parametrize("bad", [-1, 10_001, 2.5, True, "5"])
+def test_bad_refine_steps_are_a_model_error(tiny_model: Nagan, bad: Any) -> None:
+    with pytest.raises(ModelError, match="refine steps must be an integer"):
+        tiny_model.generate(0.5, 10, refine=bad)
+    with pytest.raises(ModelError, match="refine steps must be an integer"):
+        next(tiny_model.generate_chunks(0.5, 10, refine=bad))
 
 
 def test_generate_unique_counts_sum_to_n(tiny_model: Nagan) -> None:
@@ -339,7 +396,8 @@ def test_evaluate_and_report(tiny_model: Nagan, tiny_dataset, tmp_path: Path) ->
         "retrain dataset rows",
     }
     assert all(i == n > 0 for i, n in seen.values())  # finished (epochs or nets, per engine)
-    assert set(rep.results) == {"nagan", "rejection", "dataset_nearest"}
+    # the refined generator (default) and the paper's plain one side by side
+    assert set(rep.results) == {"nagan", "nagan_plain", "rejection", "dataset_nearest"}
     for method, rows in rep.results.items():
         assert [r.condition for r in rows] == [0.3, 0.9], method
         for r in rows:
@@ -361,7 +419,7 @@ def test_evaluate_and_report(tiny_model: Nagan, tiny_dataset, tmp_path: Path) ->
         [tiny_dataset.archs[j] for j in idx]
     )
     assert near.perf_real == tuple(r.performance for r in again)
-    for method in ("nagan", "rejection"):  # confident picks, or else the closest K
+    for method in ("nagan", "nagan_plain", "rejection"):  # confident picks, else the closest K
         for r in rep.results[method]:
             assert 0 <= r.dist_f_trained <= max(rep.threshold, r.dist_f) + 1e-12, (method, r)
 
@@ -395,8 +453,8 @@ def test_inference_runs_single_threaded_and_restores_the_callers_threads(tiny_mo
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        tiny_model.estimate(tiny_model.generate(0.5, 8, seed=0))
-        assert seen == [1] and torch.get_num_threads() == 2
+        tiny_model.estimate(tiny_model.generate(0.5, 8, seed=0))  # refinement runs E too
+        assert len(seen) > 1 and set(seen) == {1} and torch.get_num_threads() == 2
     finally:
         hook.remove()
         torch.set_num_threads(before)

@@ -19,7 +19,7 @@ from inag.cli.common import (
     stage_progress,
     target_condition,
 )
-from inag.cli.options import CliError
+from inag.cli.options import CliError, RefineOption, refine_steps
 
 
 def train(
@@ -117,6 +117,7 @@ def generate(
     n: Annotated[int, typer.Option("-n", min=1, help="Bag size.")] = 1000,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="JSON-lines file (default: stdout).")] = None,
+    refine: RefineOption = None,
 ) -> None:
     """Generate a bag of architectures for a target; JSON lines with estimate and Dist_f.
 
@@ -138,7 +139,10 @@ def generate(
     dist_sum = 0.0
     with contextlib.ExitStack() as stack:
         write = stack.enter_context(atomic_open(out)).write if out else None
-        for bag in m.generate_chunks(c, n, seed=seed, chunk=GENERATE_CHUNK):
+        chunks = m.generate_chunks(
+            c, n, seed=seed, chunk=GENERATE_CHUNK, refine=refine_steps(refine)
+        )
+        for bag in chunks:
             est = m.estimate(bag)
             dist_sum += float(abs(est - c).sum())
             lines = bag_lines(m, bag, est, c)
@@ -185,6 +189,7 @@ def evaluate(
             help="Comma-separated dataset sizes to retrain on (Fig. 4a), e.g. 250,500,1000."
         ),
     ] = None,
+    refine: RefineOption = None,
 ) -> None:
     """The paper's sweep c = 0.1..1.0: mDist_f, mDist_r, baselines, noise floor, report.md."""
     from dataclasses import replace
@@ -231,6 +236,7 @@ def evaluate(
             dataset=(archs, perf),
             progress=lambda s: con.print(s),
             train_progress=trains(),
+            refine=refine_steps(refine),
         )
         extra: dict[str, Any] = {
             "encoder held-out R2": f"{m.meta['encoder']['r2']:.4f}",
@@ -270,6 +276,7 @@ def evaluate(
                     threshold=threshold,
                     seed=seed,
                     train_progress=trains(f"size {size}: "),
+                    refine=refine_steps(refine),
                 )
                 sizes.append((size, r.m_dist("nagan", "r")))
                 con.print(f"  size {size}: mDist_r {sizes[-1][1]:.2f} %")

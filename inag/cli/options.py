@@ -35,6 +35,26 @@ PlatformOption = Annotated[
 ]
 
 
+# `--refine` of every command that generates a bag (None: the model's default, INAG's refined
+# generator; docs/nagan.md)
+RefineOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        max=10_000,
+        help="Encoder-guided refinement steps per generated code (INAG's extension, "
+        "docs/nagan.md; default: inag.nagan.REFINE_STEPS); 0: the paper's plain generator.",
+    ),
+]
+
+
+def refine_steps(refine: int | None) -> int:
+    """The refinement steps a ``--refine`` option asks for."""
+    from inag.nagan import REFINE_STEPS
+
+    return REFINE_STEPS if refine is None else refine
+
+
 def with_limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command that takes ``**limits`` one option per budget quantity.
 

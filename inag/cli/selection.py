@@ -11,7 +11,13 @@ from typing import Annotated, Any
 import typer
 
 from inag.cli.common import check_bag_size, console, load_model, target_condition
-from inag.cli.options import CliError, limit_overrides, with_limit_options
+from inag.cli.options import (
+    CliError,
+    RefineOption,
+    limit_overrides,
+    refine_steps,
+    with_limit_options,
+)
 
 
 def default_model_path() -> Path:
@@ -63,6 +69,7 @@ def select(
             "available (the embedded tasks), else 0. 0: rank by the estimate alone.",
         ),
     ] = None,
+    refine: RefineOption = None,
     **limits: float | None,
 ) -> None:
     """Generate one bag for a target and keep, per platform, the nets that fit its budgets."""
@@ -107,6 +114,7 @@ def select(
             step=step,
             floor=floor,
             strict=len(plats) == 1,
+            refine=refine_steps(refine),
         )
     except SelectionError as exc:
         raise CliError(str(exc)) from None

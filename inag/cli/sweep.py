@@ -14,7 +14,14 @@ from typing import Annotated, Any
 
 import typer
 
-from inag.cli.options import CliError, PlatformOption, limit_overrides, with_limit_options
+from inag.cli.options import (
+    CliError,
+    PlatformOption,
+    RefineOption,
+    limit_overrides,
+    refine_steps,
+    with_limit_options,
+)
 
 
 @with_limit_options
@@ -42,6 +49,7 @@ def sweep(
     threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
     rank_by: Annotated[str, typer.Option(help="dist_f, storage, energy or latency.")] = "dist_f",
     seed: Annotated[int, typer.Option(help="Seed (bags, random comparison).")] = 0,
+    refine: RefineOption = None,
     **limits: float | None,
 ) -> None:
     """Fig. 4b: a bag per condition through the platform's selecting stages; performance
@@ -67,7 +75,20 @@ def sweep(
         raise CliError(f"--seed must be >= 0, found {seed}")
     check_writable_dir(out, "the sweep results")
     overrides = limit_overrides(limits)
-    _run(out, model, platform, conds, n, real, threshold, rank_by, overrides, seed, step)
+    _run(
+        out,
+        model,
+        platform,
+        conds,
+        n,
+        real,
+        threshold,
+        rank_by,
+        overrides,
+        seed,
+        step,
+        refine_steps(refine),
+    )
 
 
 def _run(
@@ -82,6 +103,7 @@ def _run(
     overrides: dict[str, float],
     seed: int,
     step: float,
+    refine: int,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -112,6 +134,7 @@ def _run(
         "rank_by": rank_by,
         "limit_overrides": overrides,
         "seed": seed,
+        "refine": refine,
     }
     con = console(stderr=True)
     con.print(
@@ -149,6 +172,7 @@ def _run(
                 progress=on_condition,
                 train_progress=on_train,
                 config=config,
+                refine=refine,
             )
         except (SweepError, SelectionError) as exc:
             raise CliError(str(exc)) from None

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from inag.arch import ArchSpec
-from inag.nagan import Nagan
+from inag.nagan import REFINE_STEPS, Nagan
 from inag.safe_io import atomic_open, atomic_write_text
 from inag.tasks import load_task
 from inag.train.trainer import BatchedMLPTrainer, TrainerConfig
@@ -112,9 +112,12 @@ def evaluate(
     conditions: Sequence[float] = CONDITIONS,
     progress: Callable[[str], None] | None = None,
     train_progress: Callable[[str, int, int], None] | None = None,
+    refine: int = REFINE_STEPS,
 ) -> EvalReport:
     """mDist_f / mDist_r of NAGAN and of the baselines at the same candidate count.
 
+    With ``refine`` > 0, "nagan" is the refined generator (``Nagan.refine_codes``) and
+    "nagan_plain" the paper's plain one on the same noise, side by side.
     ``progress`` gets one-line messages, ``train_progress(stage, epoch, epochs)`` follows the
     real training runs (they take minutes).
     """
@@ -123,17 +126,19 @@ def evaluate(
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     space = model.space
+    variants = {"nagan": refine, **({"nagan_plain": 0} if refine else {})}
     chosen: dict[str, list[tuple[float, list[ArchSpec], int, int, float, float]]] = {
-        "nagan": [],
+        **{name: [] for name in variants},
         "rejection": [],
     }
     pool = space.sample_many(np.random.default_rng(seed + 7), n_bag * 10, unique=False)
     pool_est = model.estimate(pool)
     for i, c in enumerate(conditions):
-        bag = model.generate(c, n_bag, seed=seed * 1000 + i)
-        d = model.dist_f(bag, c)
-        pick = _pick(bag, d, threshold, k, rng)
-        chosen["nagan"].append(_chosen(c, bag, d, pick))
+        for name, steps in variants.items():
+            bag = model.generate(c, n_bag, seed=seed * 1000 + i, refine=steps)
+            d = model.dist_f(bag, c)
+            pick = _pick(bag, d, threshold, k, rng)
+            chosen[name].append(_chosen(c, bag, d, pick))
         # rejection sampling: uniform candidates kept when the encoder agrees with c
         dp = np.abs(pool_est - c)
         acc = np.flatnonzero(dp <= threshold)[:n_bag]
@@ -240,7 +245,12 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     files = []
     fig, ax = plt.subplots(figsize=(6, 5))
-    for method, style in (("nagan", "o-"), ("rejection", "s--"), ("dataset_nearest", "^:")):
+    for method, style in (
+        ("nagan", "o-"),
+        ("nagan_plain", "d-."),
+        ("rejection", "s--"),
+        ("dataset_nearest", "^:"),
+    ):
         if method not in report.results:
             continue
         rs = report.results[method]

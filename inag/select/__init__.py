@@ -19,7 +19,7 @@ from hwmodels import PlatformCoster
 from hwmodels.costing import CostResult
 from hwmodels.quantities import STAGES, overrides
 from inag.arch import ArchSpec
-from inag.nagan import Nagan
+from inag.nagan import REFINE_STEPS, Nagan
 from inag.platform import Platform
 
 RANK_KEYS = ("dist_f", "storage", "energy", "latency")
@@ -207,8 +207,10 @@ class Generated:
     n: int
 
 
-def generate_bag(model: Nagan, condition: float, n: int, seed: int) -> Generated:
-    archs, counts, enc = model.generate_unique(condition, n, seed=seed)
+def generate_bag(
+    model: Nagan, condition: float, n: int, seed: int, refine: int = REFINE_STEPS
+) -> Generated:
+    archs, counts, enc = model.generate_unique(condition, n, seed=seed, refine=refine)
     return Generated(condition, tuple(archs), counts, model.estimate_encoded(enc), n)
 
 
@@ -259,6 +261,7 @@ def select(
     step: float = 0.05,
     floor: float = 0.05,
     strict: bool = True,
+    refine: int = REFINE_STEPS,
 ) -> tuple[list[Selection], dict[str, list[Attempt]]]:
     """One bag, one selection per platform; re-condition per platform when nothing fits.
 
@@ -280,7 +283,7 @@ def select(
         while True:
             key = round(c, 6)
             if key not in bags:
-                bags[key] = generate_bag(model, c, n, seed + attempt)
+                bags[key] = generate_bag(model, c, n, seed + attempt, refine)
             bag = make_bag(costers[p.name], bags[key])
             sel = run_stages(bag, stages[p.name], p.name, rank_by)
             tries[p.name].append(Attempt(c, len(sel.chosen), sel.funnel))

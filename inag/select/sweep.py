@@ -371,6 +371,7 @@ def run_sweep(
     progress: Callable[[int, int, float], None] | None = None,
     train_progress: Callable[[str, int, int], None] | None = None,
     config: dict[str, Any] | None = None,
+    refine: int | None = None,
 ) -> SweepResult:
     """A bag per condition through the platform's stages, plus the random comparison set.
 
@@ -400,13 +401,14 @@ def run_sweep(
         raise SweepError(f"--real must be >= 0 (nets trained per condition), found {real}")
     if n < 1:
         raise SweepError(f"-n must be >= 1 (the bag size per condition), found {n}")
+    refine_arg = () if refine is None else (refine,)  # None: the model's default
     t0 = time.perf_counter()
     coster = PlatformCoster(platform, reference=largest_for)
     _check_roles(coster, platform)
     stages = build_stages(platform, coster, threshold, dict(overrides or {}))
     sels = []
     for i, c in enumerate(conds):
-        gen = generate_bag(model, c, n, condition_seed(seed, i))
+        gen = generate_bag(model, c, n, condition_seed(seed, i), *refine_arg)
         sels.append(run_stages(make_bag(coster, gen), stages, platform.name, rank_by))
         if progress:
             progress(i + 1, len(conds), c)
