@@ -221,6 +221,40 @@ def test_artifact_round_trips_exactly(tiny_model: Nagan, tiny_model_path: Path) 
     np.testing.assert_array_equal(loaded.estimate(archs), tiny_model.estimate(archs))
 
 
+def test_ensemble_interval_round_trips_and_covers_the_held_out_rows(
+    tiny_model: Nagan, tiny_model_path: Path, tiny_dataset
+) -> None:
+    from inag.nagan import INTERVAL_COVERAGE, encoder_split
+
+    loaded = Nagan.load(tiny_model_path)
+    assert loaded.has_intervals and loaded.ensemble is not None
+    assert loaded.ensemble.members == tiny_model.config.ensemble == 5
+    x = tiny_model.space.encode_many(tiny_dataset.archs).astype(np.float32)
+    hw = tiny_model.half_width_encoded(x)
+    np.testing.assert_array_equal(loaded.half_width_encoded(x), hw)
+    assert (hw > 0).all() and np.isfinite(hw).all()
+    # split-conformal: the recorded scale covers the share it promises of the held-out rows
+    _, val = encoder_split(len(x), tiny_model.config)
+    c = tiny_model.normalize(tiny_dataset.perf)[val]
+    covered = np.abs(c - tiny_model.estimate_encoded(x[val])) <= hw[val] * (1 + 1e-5)
+    assert covered.mean() >= INTERVAL_COVERAGE
+    assert tiny_model.meta["interval"]["held_out_covered"] >= INTERVAL_COVERAGE
+
+
+def test_a_model_without_ensemble_saves_and_loads(tiny_model: Nagan, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    bare = replace(
+        tiny_model,
+        ensemble=None,
+        config=replace(tiny_model.config, ensemble=0),
+        meta={k: v for k, v in tiny_model.meta.items() if k != "interval"},
+    )
+    loaded = Nagan.load(bare.save(tmp_path / "bare.nagan"))
+    assert loaded.ensemble is None and not loaded.has_intervals
+    assert (loaded.half_width_encoded(np.zeros((3, tiny_model.space.dim))) == 0).all()
+
+
 def test_saving_a_loaded_artifact_gives_the_same_weights(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:

@@ -256,13 +256,48 @@ def test_ranking_orders_by_the_key(tiny_model: Nagan, by: str) -> None:
     p = load_platform("cortex_m")
     (sel,), _ = select(tiny_model, [p], 0.6, n=N, threshold=0.2, rank_by=by)
     assert len(sel.chosen) >= 3
-    key = sel.bag.dist_f if by == "dist_f" else sel.bag.costs.totals[by]
+    key = getattr(sel.bag, by) if by in ("dist_ub", "dist_f") else sel.bag.costs.totals[by]
     vals = key[sel.chosen]
     assert np.all(np.diff(vals) >= 0), vals
     if by == "storage":
         recs = sel.records(tiny_model, top=len(sel.chosen))
         st = [r["storage_bits"] for r in recs]
         assert st == sorted(st)
+
+
+def test_default_ranking_adds_the_estimates_interval(tiny_model: Nagan) -> None:
+    """dist_ub = Dist_f + the 90 % interval's half-width from the encoder ensemble, so of two
+    equally close candidates the one the ensemble agrees on ranks first."""
+    assert tiny_model.has_intervals
+    (sel,), _ = select(tiny_model, [load_platform("cortex_m")], 0.6, n=N, threshold=0.2)
+    bag = sel.bag
+    assert bag.half_width is not None and (bag.half_width > 0).all()
+    np.testing.assert_allclose(bag.dist_ub, bag.dist_f + bag.half_width)
+    vals = bag.dist_ub[sel.chosen]
+    assert np.all(np.diff(vals) >= 0)
+    (plain,), _ = select(
+        tiny_model, [load_platform("cortex_m")], 0.6, n=N, threshold=0.2, rank_by="dist_f"
+    )
+    assert plain.bag.archs == bag.archs  # same bag, another order
+    assert list(plain.chosen) != list(sel.chosen)
+    rec = sel.records(tiny_model, top=1)[0]
+    i = sel.chosen[0]
+    assert rec["interval_perf"] == pytest.approx(bag.half_width[i] * tiny_model.p_range)
+    assert rec["dist_ub"] == pytest.approx(bag.dist_ub[i])
+
+
+def test_a_model_without_ensemble_ranks_dist_ub_as_dist_f(tiny_model: Nagan) -> None:
+    from dataclasses import replace
+
+    bare = replace(tiny_model, ensemble=None)
+    assert not bare.has_intervals
+    (sel,), _ = select(bare, [load_platform("cortex_m")], 0.6, n=N, threshold=0.2)
+    assert sel.bag.half_width is None
+    (plain,), _ = select(
+        bare, [load_platform("cortex_m")], 0.6, n=N, threshold=0.2, rank_by="dist_f"
+    )
+    assert list(plain.chosen) == list(sel.chosen)
+    assert sel.records(bare, top=1)[0]["interval_perf"] is None
 
 
 def test_unknown_ranking_is_an_error(tiny_model: Nagan) -> None:
@@ -294,7 +329,7 @@ def test_ties_are_broken_deterministically(tiny_model: Nagan) -> None:
         want = rank(bag, idx, by)
         for _ in range(5):
             np.testing.assert_array_equal(rank(bag, rng.permutation(idx), by), want)
-        primary = bag.dist_f if by == "dist_f" else bag.costs.totals[by]
+        primary = getattr(bag, by) if by in ("dist_ub", "dist_f") else bag.costs.totals[by]
         expect = sorted(
             idx, key=lambda i: (primary[i], bag.dist_f[i], bag.costs.totals["storage"][i], i)
         )

@@ -50,7 +50,13 @@ def select(
     n: Annotated[int, typer.Option("-n", min=1, help="Bag size.")] = 5000,
     top: Annotated[int, typer.Option(min=1, help="Ranked nets to show and save.")] = 5,
     threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
-    rank_by: Annotated[str, typer.Option(help="dist_f, storage, energy or latency.")] = "dist_f",
+    rank_by: Annotated[
+        str,
+        typer.Option(
+            help="dist_ub (Dist_f + the estimate's 90 % interval half-width: prefers nets the "
+            "encoder is sure of), dist_f (the paper's), storage, energy or latency."
+        ),
+    ] = "dist_ub",  # inag.select.DEFAULT_RANK
     floor: Annotated[float, typer.Option(help="Lowest condition re-conditioning may try.")] = 0.05,
     step: Annotated[float, typer.Option(help="Re-conditioning step.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
@@ -121,7 +127,7 @@ def select(
     dt = time.perf_counter() - t0
     t_verify = 0.0
     verify_note = ""
-    if verify is None and rank_by != "dist_f":
+    if verify is None and rank_by not in ("dist_ub", "dist_f"):
         verify = 0  # ranked by a cost the user chose: nothing to verify the order of
     if verify is None:
         from inag.select import DEFAULT_VERIFY, why_not_verifiable
@@ -164,6 +170,11 @@ def select(
     )
     if verify_note:
         con.print(f"note: {verify_note}")
+    if rank_by == "dist_ub" and not m.has_intervals:
+        con.print(
+            "note: this model has no encoder ensemble, so dist_ub ranks by Dist_f alone "
+            "(retrain it with `inag train` for the estimate's intervals)"
+        )
     records = []
     for sel in sels:
         tr = tries[sel.platform]
@@ -195,7 +206,7 @@ def select(
             record["calibration"] = cal.summary()
         recs = sel.records(m, top)
         t = Table(show_edge=False)
-        cols = ["#", "architecture", "est. perf", "Dist_f"]
+        cols = ["#", "architecture", "est. perf (90 %)", "Dist_f"]
         cols += ["real perf"] if verify else []
         cols += ["storage KB", "energy uJ", "latency ms", "storage n", "energy n"]
         for col in cols:
@@ -205,7 +216,8 @@ def select(
             t.add_row(
                 str(r["rank"]),
                 r["summary"],
-                f"{r['estimate_perf']:.4f}",
+                f"{r['estimate_perf']:.4f}"
+                + (f" ± {r['interval_perf']:.4f}" if r["interval_perf"] is not None else ""),
                 f"{r['dist_f']:.4f}",
                 *([f"{real:.4f}" if real is not None else "-"] if verify else []),
                 f"{r['storage_bits'] / 8192:.2f}",

@@ -22,7 +22,11 @@ from inag.arch import ArchSpec
 from inag.nagan import REFINE_STEPS, Nagan
 from inag.platform import Platform
 
-RANK_KEYS = ("dist_f", "storage", "energy", "latency")
+# dist_ub: Dist_f plus the half-width of the estimate's 90 % interval, an upper bound on the
+# distance the net really lands from c (INAG's default; "dist_f" is the paper's ranking)
+RANK_KEYS = ("dist_ub", "dist_f", "storage", "energy", "latency")
+DEFAULT_RANK = "dist_ub"
+DISTANCE_RANKS = ("dist_ub", "dist_f")
 
 
 class SelectionError(ValueError):
@@ -44,6 +48,13 @@ class Bag:
     costs: CostResult
     counts: np.ndarray
     generated: int
+    # half-width of the estimate's 90 % interval (zeros: the model has no ensemble)
+    half_width: np.ndarray | None = None
+
+    @property
+    def dist_ub(self) -> np.ndarray:
+        """Dist_f + the interval's half-width: how far from c the net may really land."""
+        return self.dist_f if self.half_width is None else self.dist_f + self.half_width
 
 
 @dataclass(frozen=True)
@@ -148,7 +159,7 @@ def rank(bag: Bag, idx: np.ndarray, by: str) -> np.ndarray:
     """Order survivors by ``by``; ties by Dist_f, storage, then the content-sorted position."""
     if by not in RANK_KEYS:
         raise SelectionError(f"unknown ranking {by!r}; choose one of {', '.join(RANK_KEYS)}")
-    primary = bag.dist_f if by == "dist_f" else bag.costs.totals[by]
+    primary = getattr(bag, by) if by in DISTANCE_RANKS else bag.costs.totals[by]
     keys = (idx, bag.costs.totals["storage"][idx], bag.dist_f[idx], primary[idx])
     return idx[np.lexsort(keys)]
 
@@ -178,7 +189,13 @@ class Selection:
                     "condition": self.condition,
                     "generated_count": int(self.bag.counts[i]),
                     "estimate_perf": float(model.denormalize(self.bag.estimate[i])),
+                    "interval_perf": (
+                        None
+                        if self.bag.half_width is None
+                        else float(self.bag.half_width[i] * model.p_range)
+                    ),
                     "dist_f": float(self.bag.dist_f[i]),
+                    "dist_ub": float(self.bag.dist_ub[i]),
                     "measured_perf": self.measured.get(int(i)),
                     **{
                         f"{role}_{unit}": float(c.totals[role][i])
@@ -205,13 +222,15 @@ class Generated:
     counts: np.ndarray
     estimate: np.ndarray
     n: int
+    half_width: np.ndarray | None = None
 
 
 def generate_bag(
     model: Nagan, condition: float, n: int, seed: int, refine: int = REFINE_STEPS
 ) -> Generated:
     archs, counts, enc = model.generate_unique(condition, n, seed=seed, refine=refine)
-    return Generated(condition, tuple(archs), counts, model.estimate_encoded(enc), n)
+    hw = model.half_width_encoded(enc) if model.has_intervals else None
+    return Generated(condition, tuple(archs), counts, model.estimate_encoded(enc), n, hw)
 
 
 def make_bag(coster: PlatformCoster, gen: Generated) -> Bag:
@@ -223,6 +242,7 @@ def make_bag(coster: PlatformCoster, gen: Generated) -> Bag:
         coster.cost(gen.archs),
         gen.counts,
         gen.n,
+        gen.half_width,
     )
 
 
@@ -255,7 +275,7 @@ def select(
     condition: float,
     n: int = 5000,
     threshold: float = 0.05,
-    rank_by: str = "dist_f",
+    rank_by: str = DEFAULT_RANK,
     overrides: dict[str, float | None] | None = None,
     seed: int = 0,
     step: float = 0.05,

@@ -364,7 +364,7 @@ def run_sweep(
     conds: Sequence[float],
     n: int = 1000,
     threshold: float = 0.05,
-    rank_by: str = "dist_f",
+    rank_by: str = "dist_ub",  # inag.select.DEFAULT_RANK
     overrides: Mapping[str, float | None] | None = None,
     seed: int = 0,
     real: int = 0,
