@@ -29,7 +29,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Artifact to write (safetensors + metadata).")],
     seed: Annotated[int, typer.Option(help="Seed of splits, initialization and GAN noise.")] = 0,
     gan_steps: Annotated[
-        int | None, typer.Option(min=1, help="Generator/discriminator updates (default 8000).")
+        int | None, typer.Option(min=1, help="Generator/discriminator updates (default 4000).")
     ] = None,
     enc_epochs: Annotated[
         int | None, typer.Option(min=1, help="Encoder training epochs (default 150).")
