@@ -352,7 +352,8 @@ def markdown(rows: list[Row], seeds: int) -> str:
     ]
     for r in rows:
         sd = statistics.stdev(r.retrained) * 100 if len(r.retrained) > 1 else 0.0
-        ratio = "1" if r.method == "INAG" else f"{r.seconds / inag_time[r.platform]:,.0f}x"
+        q = r.seconds / inag_time[r.platform]
+        ratio = "1" if r.method == "INAG" else (f"{q:,.0f}x" if q >= 10 else f"{q:.1f}x")
         est = r.method.startswith("INAG") and "verify" not in r.method
         during = f"{r.search_perf * 100:.1f}" + (" (encoder est.)" if est else "")
         out.append(
