@@ -45,6 +45,12 @@ def main() -> None:
     ap.add_argument("--fit", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="time the plan this many times, interleaved; each net's median over its rows",
+    )
     ap.add_argument("--db", type=Path, default=Path("runs/bench_calibration.sqlite"))
     args = ap.parse_args()
 
@@ -55,11 +61,13 @@ def main() -> None:
         argv += ["--input-shape", args.input_shape, "--output-size", args.output_size]
     if args.repeats:
         argv += ["--repeats", str(args.repeats)]
+    if args.passes > 1:
+        argv += ["--passes", str(args.passes)]
     code = inag(argv)
     if code:
         sys.exit(code)
     plat = load_platform(args.platform)
-    from inag.cli.measure import _archs_to_measure, _device_identity, _seconds
+    from inag.cli.measure import _archs_to_measure, _device_identity, _seconds, group_by_arch
 
     plan, _ = _archs_to_measure(
         None, args.space, args.n, args.seed,
@@ -70,10 +78,11 @@ def main() -> None:
     dev = _device_identity(args.runtime, None)
     with MeasurementStore(args.db, create=False) as store:
         rows = [r for r in store.rows(plat.name, dev, args.runtime, 1) if r.arch.arch_id in ids]
-    latest = {r.arch.arch_id: r for r in rows}
-    rows = [latest[a.arch_id] for a in plan if a.arch_id in latest]
+    groups = {g[0].arch.arch_id: g for g in group_by_arch(rows)}
+    groups_in_plan = [groups[a.arch_id] for a in plan if a.arch_id in groups]
+    rows = [g[-1] for g in groups_in_plan]
     clock = plat.capability.clock_hz.value
-    y = [_seconds(r, clock) for r in rows]
+    y = [statistics.median(_seconds(r, clock) for r in g) for g in groups_in_plan]
     res = fit(
         build_models(plat)["latency"], "latency", [r.arch for r in rows], y, args.fit,
         runtime=args.runtime,

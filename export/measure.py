@@ -11,6 +11,7 @@ feed ``inag calibrate`` (the measured latency next to the hardware model's predi
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -227,16 +228,39 @@ def measure_net(
     (``rpc://host:port`` or ``tracker://host:port/key``); ``onnxruntime`` and ``c`` run on this
     host (one thread). Inputs are fixed pseudo-random codes: latency does not depend on them.
     """
-    if runtime not in RUNTIMES:
-        raise ExportError(f"unknown runtime {runtime!r}; available: {', '.join(RUNTIMES)}")
     if batch < 1 or repeats < 1 or warmup < 0:
         raise ExportError(f"batch and repeats must be >= 1, warmup >= 0 (found {batch}, "
                           f"{repeats}, {warmup})")  # fmt: skip
+    return prepare_net(
+        net, runtime, work_dir, platform=platform, device=device, batch=batch, warmup=warmup
+    )(repeats)
+
+
+Timer = Callable[[int], Measurement]
+
+
+def prepare_net(
+    net: Any,
+    runtime: str,
+    work_dir: str | Path,
+    *,
+    platform: Any = None,
+    device: str | None = None,
+    batch: int = 1,
+    warmup: int = 2,
+) -> Timer:
+    """Build ``net`` for ``runtime`` once; the returned ``timer(repeats)`` measures it (with
+    its warm-up) as often as asked, so a plan can be timed in several interleaved passes
+    without rebuilding (``inag measure run --passes``)."""
+    if runtime not in RUNTIMES:
+        raise ExportError(f"unknown runtime {runtime!r}; available: {', '.join(RUNTIMES)}")
+    if batch < 1 or warmup < 0:
+        raise ExportError(f"batch must be >= 1 and warmup >= 0 (found {batch}, {warmup})")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     x = np.random.default_rng(0).integers(-127, 128, (batch, *net.input_shape)).astype(np.int8)
     if runtime == "tvm":
-        return _measure_tvm(net, work, platform, device, x, warmup, repeats)
+        return _prepare_tvm(net, work, platform, device, x, warmup)
     if device not in (None, HOST_WHERE):
         raise ExportError(f"runtime {runtime!r} runs on this host only; found device {device!r}")
     if runtime == "onnxruntime":
@@ -244,52 +268,78 @@ def measure_net(
 
         sess = onnx_export.session(onnx_export.build_onnx(net))
         xf = (x.astype(np.float32) * np.float32(net.input_scale)).astype(np.float32)
-        number, vals = _time_python(lambda: sess.run(["y_int"], {"x": xf}), warmup, repeats)
-        return _summarize(HOST_WHERE, batch, number, vals, "onnxruntime")
+
+        def time_ort(repeats: int) -> Measurement:
+            _check_repeats(repeats)
+            number, vals = _time_python(lambda: sess.run(["y_int"], {"x": xf}), warmup, repeats)
+            return _summarize(HOST_WHERE, batch, number, vals, "onnxruntime")
+
+        return time_ort
     from export import c_export
 
     if batch != 1:
         raise ExportError("the standalone C harness times batch 1 only")
     cs, _ = c_export.write_c(net, work)
     exe = c_export.build_host(work, cs.prefix, opt="-O2")
-    one = c_export.bench_host(exe, 1, 3)
-    iters = max(1, min(100_000, int(2e-3 / max(one, 1e-8))))
-    c_export.bench_host(exe, max(1, warmup), 1)
-    vals = [c_export.bench_host(exe, iters, 1) for _ in range(repeats)]
-    return _summarize(HOST_WHERE, batch, iters, vals, "c")
+
+    def time_c(repeats: int) -> Measurement:
+        _check_repeats(repeats)
+        one = c_export.bench_host(exe, 1, 3)
+        iters = max(1, min(100_000, int(2e-3 / max(one, 1e-8))))
+        c_export.bench_host(exe, max(1, warmup), 1)
+        vals = [c_export.bench_host(exe, iters, 1) for _ in range(repeats)]
+        return _summarize(HOST_WHERE, batch, iters, vals, "c")
+
+    return time_c
 
 
-def _measure_tvm(
+def _check_repeats(repeats: int) -> None:
+    if repeats < 1:
+        raise ExportError(f"repeats must be >= 1, found {repeats}")
+
+
+def _prepare_tvm(
     net: Any,
     work: Path,
     platform: Any,
     device: str | None,
     x: np.ndarray,
     warmup: int,
-    repeats: int,
-) -> Measurement:
+) -> Timer:
     from export import tvm_export
 
     if platform is None:
         raise ExportError("the tvm runtime needs a platform (its measure.tvm_target)")
     target = tvm_export.check_target(platform)
     stem = f"inag_{net.arch_id}"
+    local = device in (None, HOST_WHERE)
+    if local and tvm_export.is_cross(target):
+        raise ExportError(
+            f"platform {platform.name!r} targets {target.get('mtriple')}: give a device "
+            "(--device rpc://HOST:PORT or tracker://HOST:PORT/KEY) to measure there"
+        )
     lib = tvm_export.export_library(tvm_export.compile_net(net, target), work, stem, target)
     path = work / lib["library"]
-    if device in (None, HOST_WHERE):
-        if tvm_export.is_cross(target):
-            raise ExportError(
-                f"platform {platform.name!r} targets {target.get('mtriple')}: give a device "
-                "(--device rpc://HOST:PORT or tracker://HOST:PORT/KEY) to measure there"
-            )
+    if local:
         import tvm
 
         loaded = tvm.runtime.load_module(str(path))
-        one = _time(loaded, tvm.cpu(), x, 1, max(1, warmup))
-        number = max(1, min(100_000, int(2e-3 / max(min(one.results), 1e-8))))
-        return _summarize(HOST_WHERE, len(x), number, _time(loaded, tvm.cpu(), x, number, repeats))
+
+        def time_local(repeats: int) -> Measurement:
+            _check_repeats(repeats)
+            one = _time(loaded, tvm.cpu(), x, 1, max(1, warmup))
+            number = max(1, min(100_000, int(2e-3 / max(min(one.results), 1e-8))))
+            res = _time(loaded, tvm.cpu(), x, number, repeats)
+            return _summarize(HOST_WHERE, len(x), number, res)
+
+        return time_local
     host, port, key, tracker = parse_device(device)
-    return measure_rpc(path, x, host, port, key, tracker, number=10, repeats=repeats)
+
+    def time_remote(repeats: int) -> Measurement:
+        _check_repeats(repeats)
+        return measure_rpc(path, x, host, port, key, tracker, number=10, repeats=repeats)
+
+    return time_remote
 
 
 def parse_device(device: str) -> tuple[str, int, str | None, str | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -119,6 +120,16 @@ def measure_run(
     ] = None,
     db: Annotated[Path, typer.Option(help="Measurement store (SQLite).")] = DEFAULT_DB,
     force: Annotated[bool, typer.Option(help="Measure again what the store has.")] = False,
+    passes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=100,
+            help="Time the plan this many times, interleaved: each net once per pass, built "
+            "once. Drift of a shared machine then touches every net alike; each pass is a "
+            "row, and `inag calibrate` uses each net's median over its rows.",
+        ),
+    ] = 1,
 ) -> None:
     """Measure batch latency of networks on a platform's device and store every sample.
 
@@ -176,11 +187,15 @@ def measure_run(
                      transient=True) as bar,
             tempfile.TemporaryDirectory(prefix="inag-measure-") as tmp,
         ):  # fmt: skip
-            job = bar.add_task("measure", total=len(todo))
-            for i, arch in enumerate(todo):
-                net = QuantizedNet.random(arch, rng)
+            job = bar.add_task("measure", total=len(todo) * passes)
+            nets = [QuantizedNet.random(arch, rng) for arch in todo]
+            timers: dict[int, Any] | None = {} if passes > 1 else None
+            for p, (i, arch) in ((p, x) for p in range(passes) for x in enumerate(todo)):
+                net = nets[i]
                 work = Path(tmp) / str(i)
-                m = _measure_one(net, rt, work, plat, device, batch, warm, reps)
+                m = _measure_one(net, rt, work, plat, device, batch, warm, reps, timers, i)
+                if passes > 1:
+                    m["extra"] = {**m.get("extra", {}), "pass": p + 1, "passes": passes}
                 predicted = float(coster.cost([arch]).totals["latency"][0])
                 row = MeasurementRow(
                     platform=plat.name,
@@ -216,16 +231,25 @@ def _measure_one(
     batch: int,
     warmup: int,
     repeats: int,
+    timers: dict[int, Any] | None = None,
+    key: int = 0,
 ) -> dict[str, Any]:
-    """One measurement as a dict: samples and median in ``unit``, origin, number, extra."""
+    """One measurement as a dict: samples and median in ``unit``, origin, number, extra.
+
+    With ``timers`` (several passes), a net built once is timed again from ``timers[key]``.
+    """
     if runtime in ("tvm", "onnxruntime", "c"):
-        from export.measure import measure_net
+        from export.measure import prepare_net
         from export.tools import tool_version
 
-        m = measure_net(
-            net, runtime, work, platform=plat, device=device, batch=batch, warmup=warmup,
-            repeats=repeats,
-        )  # fmt: skip
+        timer = None if timers is None else timers.get(key)
+        if timer is None:
+            timer = prepare_net(
+                net, runtime, work, platform=plat, device=device, batch=batch, warmup=warmup
+            )
+            if timers is not None:
+                timers[key] = timer
+        m = timer(repeats)
         return {
             "samples": list(m.results_s),
             "median": m.median_s,
@@ -257,6 +281,14 @@ def _measure_one(
         "extra": {k: r[k] for k in keep if k in r},
         "versions": {k: str(v) for k, v in (r.get("versions") or {}).items()},
     }
+
+
+def group_by_arch(rows: list[MeasurementRow]) -> list[list[MeasurementRow]]:
+    """The rows of each net, nets in order of first measurement, rows oldest first."""
+    out: dict[str, list[MeasurementRow]] = {}
+    for r in rows:
+        out.setdefault(r.arch.arch_id, []).append(r)
+    return list(out.values())
 
 
 def _seconds(row: MeasurementRow, clock_hz: float) -> float:
@@ -442,10 +474,8 @@ def calibrate(
             "--runtime: " + "; ".join(f"--device {d} --runtime {rt}" for d, rt in keys)
         )
     dev_id, rt = keys[0]
-    by_arch: dict[str, MeasurementRow] = {}
-    for r in rows:  # latest measurement of each arch
-        by_arch[r.arch.arch_id] = r
-    rows = list(by_arch.values())
+    groups = group_by_arch(rows)  # every row of a net: its passes and re-measurements
+    rows = [g[-1] for g in groups]
     if len(rows) < 3:
         raise CliError(f"{len(rows)} measured nets: calibration needs at least 3 (10+ advised)")
     if role == "flash":
@@ -458,7 +488,7 @@ def calibrate(
         measured = [float(r.extra["model_sizes"]["flash_bytes"]) for r in rows]
     else:
         clock = plat.capability.clock_hz.value
-        measured = [_seconds(r, clock) for r in rows]
+        measured = [statistics.median(_seconds(r, clock) for r in g) for g in groups]
     model = build_models(plat)[role]
     result = fit(model, role, [r.arch for r in rows], measured, max_fit=fit_n, runtime=rt)
     k, n_held = result.within(0.10)
