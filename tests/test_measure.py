@@ -176,6 +176,40 @@ def test_measure_c_on_the_host_then_calibrate(tmp_path, capsys):
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (apt-get install gcc)")
+def test_passes_time_each_net_again_and_calibrate_takes_the_median(tmp_path, capsys):
+    """--passes 3 builds each net once and times the plan three times, interleaved; every pass
+    is a row, and calibrate fits each net's median over its rows."""
+    from inag.cli.measure import group_by_arch
+
+    db = tmp_path / "m.sqlite"
+    assert main(["measure", "run", "-p", "host_cpu", "--runtime", "onnxruntime", "--space",
+                 "mlp", "--input-shape", "8", "--output-size", "1", "-n", "5", "--repeats",
+                 "3", "--passes", "3", "--db", str(db)]) == 0  # fmt: skip
+    with MeasurementStore(db) as store:
+        rows = store.rows()
+    assert len(rows) == 15
+    # interleaved: pass 1 of every net, then pass 2 of every net, ...
+    assert [r.extra["pass"] for r in rows] == [1] * 5 + [2] * 5 + [3] * 5
+    assert [r.arch.arch_id for r in rows[:5]] == [r.arch.arch_id for r in rows[5:10]]
+    groups = group_by_arch(rows)
+    assert len(groups) == 5 and all(len(g) == 3 for g in groups)
+    out = tmp_path / "cal.yaml"
+    assert main(["calibrate", "-p", "host_cpu", "--db", str(db), "--fit", "3",
+                 "--out", str(out)]) == 0  # fmt: skip
+    cal = yaml.safe_load(out.read_text())["calibration"]
+    assert cal["runtime"] == "onnxruntime" and cal["residuals"]["held_out_nets"] == 2
+    # the fit is the one on each net's median over its three passes
+    import statistics
+
+    medians = [statistics.median(r.median for r in g) for g in groups]
+    want = fit(build_models(load_platform("host_cpu"))["latency"], "latency",
+               [g[0].arch for g in groups], medians, max_fit=3, runtime="onnxruntime")  # fmt: skip
+    assert cal["coefficients"] == {
+        k: float(f"{v:.6g}") for k, v in want.after.items() if k not in want.undetermined
+    }
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (apt-get install gcc)")
 def test_calibration_lowers_the_held_out_error_on_real_measurements(tmp_path):
     db = tmp_path / "m.sqlite"
     assert main(["measure", "run", "-p", "host_cpu", "--runtime", "c", "--space", "mlp",
