@@ -505,3 +505,16 @@ def test_an_unknown_bundled_name_lists_the_bundled_ones(
     code, _, err = run(capsys, "generate", "--model", "cifar_big", "--condition", "0.5")
     assert code == 2
     assert_one_paragraph_error(err, "no NAGAN artifact at cifar_big", "bundled: data_a, digits")
+
+
+def test_cli_ranking_defaults_are_the_libraries() -> None:
+    """The CLI spells the default ranking without importing torch; it must be the library's."""
+    import inspect
+
+    from inag.cli.selection import select as select_cmd
+    from inag.cli.sweep import sweep as sweep_cmd
+    from inag.select import DEFAULT_RANK, RANK_KEYS
+    from inag.select.sweep import run_sweep
+
+    for fn in (select_cmd, sweep_cmd, run_sweep):
+        assert inspect.signature(fn).parameters["rank_by"].default == DEFAULT_RANK in RANK_KEYS

@@ -35,6 +35,15 @@ PlatformOption = Annotated[
 ]
 
 
+# `--rank-by` of select and sweep (their default: inag.select.DEFAULT_RANK)
+RankOption = Annotated[
+    str,
+    typer.Option(
+        help="dist_ub (Dist_f + the estimate's 90 % interval half-width: prefers nets the "
+        "encoder is sure of), dist_f (the paper's), storage, energy or latency."
+    ),
+]
+
 # `--refine` of every command that generates a bag (None: the model's default, INAG's refined
 # generator; docs/nagan.md)
 RefineOption = Annotated[

@@ -13,6 +13,7 @@ import typer
 from inag.cli.common import check_bag_size, console, load_model, target_condition
 from inag.cli.options import (
     CliError,
+    RankOption,
     RefineOption,
     limit_overrides,
     refine_steps,
@@ -50,13 +51,7 @@ def select(
     n: Annotated[int, typer.Option("-n", min=1, help="Bag size.")] = 5000,
     top: Annotated[int, typer.Option(min=1, help="Ranked nets to show and save.")] = 5,
     threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
-    rank_by: Annotated[
-        str,
-        typer.Option(
-            help="dist_ub (Dist_f + the estimate's 90 % interval half-width: prefers nets the "
-            "encoder is sure of), dist_f (the paper's), storage, energy or latency."
-        ),
-    ] = "dist_ub",  # inag.select.DEFAULT_RANK
+    rank_by: RankOption = "dist_ub",  # inag.select.DEFAULT_RANK
     floor: Annotated[float, typer.Option(help="Lowest condition re-conditioning may try.")] = 0.05,
     step: Annotated[float, typer.Option(help="Re-conditioning step.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,

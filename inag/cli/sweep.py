@@ -17,6 +17,7 @@ import typer
 from inag.cli.options import (
     CliError,
     PlatformOption,
+    RankOption,
     RefineOption,
     limit_overrides,
     refine_steps,
@@ -47,13 +48,7 @@ def sweep(
         ),
     ] = 0,
     threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
-    rank_by: Annotated[
-        str,
-        typer.Option(
-            help="dist_ub (Dist_f + the estimate's 90 % interval half-width: prefers nets the "
-            "encoder is sure of), dist_f (the paper's), storage, energy or latency."
-        ),
-    ] = "dist_ub",  # inag.select.DEFAULT_RANK
+    rank_by: RankOption = "dist_ub",  # inag.select.DEFAULT_RANK
     seed: Annotated[int, typer.Option(help="Seed (bags, random comparison).")] = 0,
     refine: RefineOption = None,
     **limits: float | None,
