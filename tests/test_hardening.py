@@ -365,6 +365,13 @@ NAGAN_CORPUS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "huge_latent": ({"meta_edit": _config(latent_dim=2**40)}, ("latent_dim",)),
     "config_type": ({"meta_edit": _config(g_hidden="128")}, ("g_hidden",)),
     "config_unknown": ({"meta_edit": _config(g_hiden=128)}, ("g_hiden",)),
+    "huge_ensemble": ({"meta_edit": _config(ensemble=10**6)}, ("config.ensemble",)),
+    "one_member": ({"meta_edit": _config(ensemble=1)}, ("config.ensemble",)),
+    "ensemble_without_scale": (
+        {"meta_edit": lambda m: m.__setitem__("info", json.dumps(
+            {k: v for k, v in json.loads(m["info"]).items() if k != "interval"}))},
+        ("kappa",),
+    ),
     "deep_info": ({"meta_edit": _set("info", "[" * 5000 + "]" * 5000)}, ("nested",)),
     "huge_int_space": (
         {"meta_edit": lambda m: m.__setitem__("space", m["space"].replace(
