@@ -336,9 +336,9 @@ class SearchSpace:
         return np.stack([self.encode(a) for a in archs])
 
     def canonical_many(self, matrix: np.ndarray) -> np.ndarray:
-        """``encode(decode(row))`` for every row, vectorized (the slow path only for CNNs)."""
+        """``encode(decode(row))`` for every row, vectorized (tested equal to it)."""
         if self.kind != "mlp":
-            return self.encode_many(self.decode_many(matrix))
+            return self._canonical_blocks(self._clipped(matrix))
         m = self._clipped(matrix)
         n = m.shape[0]
         (b,) = self.blocks
@@ -354,6 +354,73 @@ class SearchSpace:
         out[:, :, 0] = 1.0
         out *= keep[:, :, None]
         return (out.reshape(n, -1) + 0.0).astype(np.float32)  # no -0.0: rows compare as bytes
+
+    def _canonical_blocks(self, m: np.ndarray) -> np.ndarray:
+        """``canonical_many`` for spaces of several blocks (CNNs): the choice indices of every
+        block's active slots packed first, the spatial fix of ``_fit_spatial`` applied once per
+        distinct (map, layer) with the same per-layer rule, then the ordinal codes."""
+        n = m.shape[0]
+        parts = []
+        pos = 0
+        for b in self.blocks:
+            span = b.max_depth * b.slot_len
+            sl = m[:, pos : pos + span].reshape(n, b.max_depth, b.slot_len)
+            pos += span
+            depth, active = _active_slots(sl, b)
+            order = np.argsort(~active, axis=1, kind="stable")
+            packed = np.take_along_axis(sl, order[:, :, None], axis=1)
+            idx = {"bits": _index(packed[:, :, 1], len(self.bits))}
+            for j, f in enumerate(b.fields):
+                idx[f] = _index(packed[:, :, 2 + j], len(b.choices(f)))
+            keep = np.arange(b.max_depth)[None, :] < depth[:, None]
+            parts.append((b, idx, keep))
+        if self.kind == "cnn":
+            self._fit_spatial_indices(*parts[0])
+        out = np.zeros((n, self.dim), dtype=np.float64)
+        pos = 0
+        for b, idx, keep in parts:
+            o = np.zeros((n, b.max_depth, b.slot_len))
+            o[:, :, 0] = 1.0
+            for j, (f, count) in enumerate(
+                [("bits", len(self.bits))] + [(f, len(b.choices(f))) for f in b.fields]
+            ):
+                o[:, :, 1 + j] = idx[f] / (count - 1) if count > 1 else 0.0
+            o *= keep[:, :, None]
+            out[:, pos : pos + b.max_depth * b.slot_len] = o.reshape(n, -1)
+            pos += b.max_depth * b.slot_len
+        return (out + 0.0).astype(np.float32)  # no -0.0: rows compare as bytes
+
+    def _fit_spatial_indices(
+        self, conv: Block, idx: dict[str, np.ndarray], keep: np.ndarray
+    ) -> None:
+        """``_fit_spatial`` on packed conv choice indices, in place."""
+        n = keep.shape[0]
+        h = np.full(n, self.input_shape[1])
+        w = np.full(n, self.input_shape[2])
+        values = {f: np.asarray(conv.choices(f)) for f in ("kernel", "stride", "pool")}
+        position = {f: {v: i for i, v in enumerate(conv.choices(f))} for f in ("stride", "pool")}
+        memo: dict[tuple[int, ...], tuple[int, int, int, int]] = {}
+        for s in range(conv.max_depth):
+            rows = np.flatnonzero(keep[:, s])
+            if not len(rows):
+                break
+            key_cols = np.stack(
+                [h[rows], w[rows], *(values[f][idx[f][rows, s]] for f in values)], axis=1
+            )
+            uniq, inverse = np.unique(key_cols, axis=0, return_inverse=True)
+            fixed = np.empty((len(uniq), 4), dtype=np.int64)  # stride, pool, oh, ow
+            for u, (hh, ww, k, st, pl) in enumerate(uniq.tolist()):
+                key = (hh, ww, k, st, pl)
+                if key not in memo:
+                    layer = _layer("conv", self.bits[0], {"width": 1, "kernel": k, "stride": st,
+                                                          "pool": pl})  # fmt: skip
+                    got, oh, ow = self._fit_conv(hh, ww, layer)
+                    memo[key] = (got.stride, got.pool, oh, ow)
+                fixed[u] = memo[key]
+            f = fixed[inverse.reshape(-1)]
+            idx["stride"][rows, s] = [position["stride"][v] for v in f[:, 0].tolist()]
+            idx["pool"][rows, s] = [position["pool"][v] for v in f[:, 1].tolist()]
+            h[rows], w[rows] = f[:, 2], f[:, 3]
 
     def decode(self, vector: Sequence[float] | np.ndarray) -> ArchSpec:
         return self.decode_many(np.asarray(vector, dtype=np.float64)[None, :])[0]
@@ -407,29 +474,30 @@ class SearchSpace:
         """Reduce pools, then strides, of conv layers whose map would shrink below 1x1."""
         if self.kind != "cnn":
             return layers
-        conv = self.blocks[0]
         h, w = self.input_shape[1], self.input_shape[2]
         fixed = []
         for layer in layers:
             if layer.kind == "conv":
-                oh, ow = conv_out_hw(h, w, layer)
-                if oh < 1 or ow < 1:
-                    # only ever reduce: keep the largest pool, then stride, not above the
-                    # layer's own (1 is always a choice and always fits)
-                    for pool in sorted((p for p in conv.pools if p <= layer.pool), reverse=True):
-                        for stride in sorted(
-                            (s for s in conv.strides if s <= layer.stride), reverse=True
-                        ):
-                            cand = dataclasses.replace(layer, pool=pool, stride=stride)
-                            oh, ow = conv_out_hw(h, w, cand)
-                            if oh >= 1 and ow >= 1:
-                                break
-                        if oh >= 1 and ow >= 1:
-                            break
-                    layer = cand
-                h, w = oh, ow
+                layer, h, w = self._fit_conv(h, w, layer)
             fixed.append(layer)
         return fixed
+
+    def _fit_conv(self, h: int, w: int, layer: LayerSpec) -> tuple[LayerSpec, int, int]:
+        """One conv layer on an h x w map: itself, or with its pool, then stride, reduced
+        until its map is at least 1x1; and the map it leaves."""
+        conv = self.blocks[0]
+        oh, ow = conv_out_hw(h, w, layer)
+        if oh >= 1 and ow >= 1:
+            return layer, oh, ow
+        # only ever reduce: keep the largest pool, then stride, not above the layer's own (1 is
+        # always a choice and always fits)
+        for pool in sorted((p for p in conv.pools if p <= layer.pool), reverse=True):
+            for stride in sorted((s for s in conv.strides if s <= layer.stride), reverse=True):
+                cand = dataclasses.replace(layer, pool=pool, stride=stride)
+                oh, ow = conv_out_hw(h, w, cand)
+                if oh >= 1 and ow >= 1:
+                    return cand, oh, ow
+        return cand, oh, ow
 
 
 _LAYER_CACHE: dict[tuple, LayerSpec] = {}

@@ -7,6 +7,7 @@ NAGAN trained on it (tests/nagan_fixtures.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -189,6 +190,37 @@ def test_canonical_many_equals_encode_of_decode(matrix: np.ndarray) -> None:
     np.testing.assert_array_equal(got, want)
     # canonical is a fixed point
     np.testing.assert_array_equal(_MLP.canonical_many(got), got)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 4, 4), (1, 2, 3)])
+def test_cnn_canonical_many_equals_encode_of_decode(shape: tuple[int, ...]) -> None:
+    """The vectorized CNN path (packing, the spatial fix once per distinct map and layer) is
+    the slow path's encode(decode(row)), including maps too small for the chosen pools and
+    strides; and canonical codes are fixed points."""
+    from inag.space import load_space
+
+    space = load_space("cnn").bind(shape, 10)
+    rng = np.random.default_rng(sum(shape))
+    m = rng.uniform(-0.2, 1.2, size=(1500, space.dim))
+    m[::3] = np.round(m[::3] * 4) / 4  # exact grid points and ties too
+    m[5, :7] = np.nan
+    got = space.canonical_many(m)
+    want = np.stack([space.encode(a) for a in space.decode_many(m)])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(space.canonical_many(got), got)
+    if shape in ((1, 2, 3), (1, 4, 4)):  # rows the spatial fix had to repair were there
+        from inag.arch import ArchError
+
+        nofix = dataclasses.replace(space)
+        object.__setattr__(nofix, "_fit_spatial", lambda layers: layers)
+        broken = 0
+        for i in range(300):
+            try:
+                nofix.decode_many(m[i : i + 1])
+            except ArchError:  # a map below 1x1 without the fix
+                broken += 1
+        assert broken > 0
 
 
 def test_canonical_many_on_bound_space_random_matrices() -> None:
