@@ -207,6 +207,22 @@ def test_bad_refine_is_a_usage_error(
     assert "Traceback" not in err and "Invalid value for '--refine'" in err
 
 
+def test_a_weak_encoder_generates_plainly_and_says_so(
+    capsys: pytest.CaptureFixture[str], tiny_model: Nagan, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    meta = {**tiny_model.meta, "encoder": {**tiny_model.meta["encoder"], "r2": 0.5}}
+    path = replace(tiny_model, meta=meta).save(tmp_path / "weak.nagan")
+    args = ("generate", "--model", path, "--condition", "0.5", "-n", "50")
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "the paper's plain generator" in err and "R2 is 0.50" in err
+    code, out0, _ = run(capsys, *args, "--refine", "0")
+    assert out == out0
+    code, _, err = run(capsys, *args, "--refine", "50")
+    assert code == 0 and "plain generator" not in err
+
+
 def test_generate_to_a_file(
     capsys: pytest.CaptureFixture[str], tiny_model_path: Path, tmp_path: Path
 ) -> None:

@@ -132,6 +132,29 @@ def test_refined_bag_is_the_same_in_pieces(tiny_model: Nagan) -> None:
         assert [a.arch_id for p in pieces for a in p] == [a.arch_id for a in whole]
 
 
+def test_refinement_is_the_default_only_with_a_good_encoder(tiny_model: Nagan) -> None:
+    """Refinement follows the encoder: below REFINE_MIN_R2 held-out R2 the default is the
+    paper's plain generator (an explicit --refine still refines)."""
+    from dataclasses import replace
+
+    from inag.nagan import REFINE_MIN_R2, REFINE_STEPS
+
+    def with_r2(r2: object) -> Nagan:
+        return replace(tiny_model, meta={**tiny_model.meta, "encoder": {
+            **tiny_model.meta["encoder"], "r2": r2}})  # fmt: skip
+
+    plain = tiny_model.generate_encoded(0.6, 200, seed=4, refine=0)
+    refined = tiny_model.generate_encoded(0.6, 200, seed=4, refine=REFINE_STEPS)
+    assert not np.array_equal(plain, refined)
+    for r2, want in ((REFINE_MIN_R2, refined), (0.95, refined), (0.61, plain),
+                     (float("nan"), plain), (None, plain)):  # fmt: skip
+        m = with_r2(r2)
+        assert m.default_refine == (REFINE_STEPS if want is refined else 0), r2
+        np.testing.assert_array_equal(m.generate_encoded(0.6, 200, seed=4), want)
+    weak = with_r2(0.5)
+    np.testing.assert_array_equal(weak.generate_encoded(0.6, 200, seed=4, refine=50), refined)
+
+
 @pytest.mark.parametrize("bad", [-1, 10_001, 2.5, True, "5"])
 def test_bad_refine_steps_are_a_model_error(tiny_model: Nagan, bad: Any) -> None:
     with pytest.raises(ModelError, match="refine steps must be an integer"):

@@ -16,10 +16,11 @@ from inag.cli.common import (
     console,
     human_bytes,
     load_model,
+    plain_generator_note,
     stage_progress,
     target_condition,
 )
-from inag.cli.options import CliError, RefineOption, refine_steps
+from inag.cli.options import CliError, RefineOption
 
 
 def train(
@@ -160,9 +161,7 @@ def generate(
     dist_sum = 0.0
     with contextlib.ExitStack() as stack:
         write = stack.enter_context(atomic_open(out)).write if out else None
-        chunks = m.generate_chunks(
-            c, n, seed=seed, chunk=GENERATE_CHUNK, refine=refine_steps(refine)
-        )
+        chunks = m.generate_chunks(c, n, seed=seed, chunk=GENERATE_CHUNK, refine=refine)
         for bag in chunks:
             est = m.estimate(bag)
             dist_sum += float(abs(est - c).sum())
@@ -188,6 +187,8 @@ def generate(
         f"condition {c:.3f}: {n} generated, {uniq}; mean Dist_f {dist_sum / n:.4f}",
         err=True,
     )
+    if refine is None and not m.default_refine:
+        typer.echo(f"note: {plain_generator_note(m)}", err=True)
 
 
 def evaluate(
@@ -257,7 +258,7 @@ def evaluate(
             dataset=(archs, perf),
             progress=lambda s: con.print(s),
             train_progress=trains(),
-            refine=refine_steps(refine),
+            refine=refine,
         )
         extra: dict[str, Any] = {
             "encoder held-out R2": f"{m.meta['encoder']['r2']:.4f}",
@@ -297,7 +298,7 @@ def evaluate(
                     threshold=threshold,
                     seed=seed,
                     train_progress=trains(f"size {size}: "),
-                    refine=refine_steps(refine),
+                    refine=refine,
                 )
                 sizes.append((size, r.m_dist("nagan", "r")))
                 con.print(f"  size {size}: mDist_r {sizes[-1][1]:.2f} %")

@@ -10,13 +10,18 @@ from typing import Annotated, Any
 
 import typer
 
-from inag.cli.common import check_bag_size, console, load_model, target_condition
+from inag.cli.common import (
+    check_bag_size,
+    console,
+    load_model,
+    plain_generator_note,
+    target_condition,
+)
 from inag.cli.options import (
     CliError,
     RankOption,
     RefineOption,
     limit_overrides,
-    refine_steps,
     with_limit_options,
 )
 
@@ -115,7 +120,7 @@ def select(
             step=step,
             floor=floor,
             strict=len(plats) == 1,
-            refine=refine_steps(refine),
+            refine=refine,
         )
     except SelectionError as exc:
         raise CliError(str(exc)) from None
@@ -165,6 +170,8 @@ def select(
     )
     if verify_note:
         con.print(f"note: {verify_note}")
+    if refine is None and not m.default_refine:
+        con.print(f"note: {plain_generator_note(m)}")
     if rank_by == "dist_ub" and not m.has_intervals:
         con.print(
             "note: this model has no encoder ensemble, so dist_ub ranks by Dist_f alone "

@@ -20,7 +20,6 @@ from inag.cli.options import (
     RankOption,
     RefineOption,
     limit_overrides,
-    refine_steps,
     with_limit_options,
 )
 
@@ -88,7 +87,7 @@ def sweep(
         overrides,
         seed,
         step,
-        refine_steps(refine),
+        refine,
     )
 
 
@@ -104,7 +103,7 @@ def _run(
     overrides: dict[str, float],
     seed: int,
     step: float,
-    refine: int,
+    refine: int | None,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -135,7 +134,7 @@ def _run(
         "rank_by": rank_by,
         "limit_overrides": overrides,
         "seed": seed,
-        "refine": refine,
+        "refine": m.refine_steps(refine),
     }
     con = console(stderr=True)
     con.print(

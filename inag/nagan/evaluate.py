@@ -112,12 +112,13 @@ def evaluate(
     conditions: Sequence[float] = CONDITIONS,
     progress: Callable[[str], None] | None = None,
     train_progress: Callable[[str, int, int], None] | None = None,
-    refine: int = REFINE_STEPS,
+    refine: int | None = None,
 ) -> EvalReport:
     """mDist_f / mDist_r of NAGAN and of the baselines at the same candidate count.
 
-    With ``refine`` > 0, "nagan" is the refined generator (``Nagan.refine_codes``) and
-    "nagan_plain" the paper's plain one on the same noise, side by side.
+    "nagan" is the generator with ``refine`` steps (None: the model's default), and beside it
+    on the same noise the other variant: "nagan_plain" (the paper's plain generator) when
+    "nagan" is refined, else "nagan_refined" (``REFINE_STEPS``).
     ``progress`` gets one-line messages, ``train_progress(stage, epoch, epochs)`` follows the
     real training runs (they take minutes).
     """
@@ -126,7 +127,9 @@ def evaluate(
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     space = model.space
-    variants = {"nagan": refine, **({"nagan_plain": 0} if refine else {})}
+    steps = model.refine_steps(refine)
+    other = {"nagan_plain": 0} if steps else {"nagan_refined": REFINE_STEPS}
+    variants = {"nagan": steps, **other}
     chosen: dict[str, list[tuple[float, list[ArchSpec], int, int, float, float]]] = {
         **{name: [] for name in variants},
         "rejection": [],
@@ -248,6 +251,7 @@ def write_report(
     for method, style in (
         ("nagan", "o-"),
         ("nagan_plain", "d-."),
+        ("nagan_refined", "d-."),
         ("rejection", "s--"),
         ("dataset_nearest", "^:"),
     ):

@@ -19,7 +19,7 @@ from hwmodels import PlatformCoster
 from hwmodels.costing import CostResult
 from hwmodels.quantities import STAGES, overrides
 from inag.arch import ArchSpec
-from inag.nagan import REFINE_STEPS, Nagan
+from inag.nagan import Nagan
 from inag.platform import Platform
 
 # dist_ub: Dist_f plus the half-width of the estimate's 90 % interval, an upper bound on the
@@ -226,7 +226,7 @@ class Generated:
 
 
 def generate_bag(
-    model: Nagan, condition: float, n: int, seed: int, refine: int = REFINE_STEPS
+    model: Nagan, condition: float, n: int, seed: int, refine: int | None = None
 ) -> Generated:
     archs, counts, enc = model.generate_unique(condition, n, seed=seed, refine=refine)
     hw = model.half_width_encoded(enc) if model.has_intervals else None
@@ -281,7 +281,7 @@ def select(
     step: float = 0.05,
     floor: float = 0.05,
     strict: bool = True,
-    refine: int = REFINE_STEPS,
+    refine: int | None = None,
 ) -> tuple[list[Selection], dict[str, list[Attempt]]]:
     """One bag, one selection per platform; re-condition per platform when nothing fits.
 
