@@ -14,8 +14,8 @@ $INAG sample --task data_a --space mlp --n 2000 --seed 0 --db runs/data_a.sqlite
 $INAG train --db runs/data_a.sqlite --out inag/models/data_a.nagan --seed 0
 $INAG sample --task digits --space mlp --n 1500 --seed 0 --db runs/digits.sqlite
 $INAG train --db runs/digits.sqlite --out inag/models/digits.nagan --seed 0
-# CNNs on digits: 4 restarts (a CNN costs ~4 CPU-s per row at 16; 36 min for 1500 rows on 2
-# shared cores at 4, docs/dataset.md)
+# CNNs on digits: 4 restarts (a CNN costs ~4 CPU-s per row at 16, 1 at 4: 12.6 min for 1500
+# rows on 2 idle cores, docs/dataset.md)
 $INAG sample --task digits --space cnn --n 1500 --seed 0 --restarts 4 --db runs/digits_cnn.sqlite
 $INAG train --db runs/digits_cnn.sqlite --out inag/models/digits_cnn.nagan --seed 0
 PY=${PY:-python}
