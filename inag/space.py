@@ -336,29 +336,11 @@ class SearchSpace:
         return np.stack([self.encode(a) for a in archs])
 
     def canonical_many(self, matrix: np.ndarray) -> np.ndarray:
-        """``encode(decode(row))`` for every row, vectorized (tested equal to it)."""
-        if self.kind != "mlp":
-            return self._canonical_blocks(self._clipped(matrix))
+        """``encode(decode(row))`` for every row, vectorized (tested equal to it): the choice
+        indices of every block's active slots packed first, for CNNs the spatial fix of
+        ``_fit_spatial`` applied once per distinct (map, layer) with the same per-layer rule,
+        then the ordinal codes."""
         m = self._clipped(matrix)
-        n = m.shape[0]
-        (b,) = self.blocks
-        sl = m.reshape(n, b.max_depth, b.slot_len)
-        depth, active = _active_slots(sl, b)
-        # pack the active slots first, keeping their order
-        pos = np.argsort(~active, axis=1, kind="stable")
-        packed = np.take_along_axis(sl, pos[:, :, None], axis=1)
-        out = np.zeros_like(packed)
-        keep = np.arange(b.max_depth)[None, :] < depth[:, None]
-        for j, count in enumerate((len(self.bits), len(b.widths))):
-            out[:, :, 1 + j] = np.rint(packed[:, :, 1 + j] * (count - 1)) / (count - 1)
-        out[:, :, 0] = 1.0
-        out *= keep[:, :, None]
-        return (out.reshape(n, -1) + 0.0).astype(np.float32)  # no -0.0: rows compare as bytes
-
-    def _canonical_blocks(self, m: np.ndarray) -> np.ndarray:
-        """``canonical_many`` for spaces of several blocks (CNNs): the choice indices of every
-        block's active slots packed first, the spatial fix of ``_fit_spatial`` applied once per
-        distinct (map, layer) with the same per-layer rule, then the ordinal codes."""
         n = m.shape[0]
         parts = []
         pos = 0

@@ -126,8 +126,8 @@ def plain_generator_note(model: Any) -> str:
     """Why a model generates with the paper's plain generator by default."""
     from inag.nagan import REFINE_MIN_R2, REFINE_STEPS
 
-    r2 = (model.meta.get("encoder") or {}).get("r2")
-    shown = f"{r2:.2f}" if isinstance(r2, int | float) else "unknown"
+    r2 = model.encoder_r2
+    shown = "unknown" if r2 is None else f"{r2:.2f}"
     return (
         f"the paper's plain generator: the encoder's held-out R2 is {shown} (< {REFINE_MIN_R2}), "
         f"so refining codes by it would follow its errors; --refine {REFINE_STEPS} forces it"

@@ -7,6 +7,7 @@ YAML whose fitted numbers say ``kind: measured`` and where they came from.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -190,7 +191,7 @@ def measure_run(
             job = bar.add_task("measure", total=len(todo) * passes)
             nets = [QuantizedNet.random(arch, rng) for arch in todo]
             timers: dict[int, Any] | None = {} if passes > 1 else None
-            for p, (i, arch) in ((p, x) for p in range(passes) for x in enumerate(todo)):
+            for p, (i, arch) in itertools.product(range(passes), enumerate(todo)):
                 net = nets[i]
                 work = Path(tmp) / str(i)
                 m = _measure_one(net, rt, work, plat, device, batch, warm, reps, timers, i)

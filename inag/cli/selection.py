@@ -81,7 +81,7 @@ def select(
     """Generate one bag for a target and keep, per platform, the nets that fit its budgets."""
     from inag.platform import load_platform
     from inag.safe_io import atomic_write_text, check_writable
-    from inag.select import SelectionError
+    from inag.select import DISTANCE_RANKS, SelectionError
     from inag.select import select as run_select
     from inag.select import verify as verify_top
 
@@ -127,7 +127,7 @@ def select(
     dt = time.perf_counter() - t0
     t_verify = 0.0
     verify_note = ""
-    if verify is None and rank_by not in ("dist_ub", "dist_f"):
+    if verify is None and rank_by not in DISTANCE_RANKS:
         verify = 0  # ranked by a cost the user chose: nothing to verify the order of
     if verify is None:
         from inag.select import DEFAULT_VERIFY, why_not_verifiable

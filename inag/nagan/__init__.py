@@ -261,17 +261,20 @@ class Nagan:
         self.generator.eval()
         with torch.no_grad():
             x = self.generator(z, c).numpy()
-        if refine:
-            return self.refine_codes(x, condition, refine)
-        return self.space.canonical_many(x)
+        return self.refine_codes(x, condition, refine)
+
+    @property
+    def encoder_r2(self) -> float | None:
+        """The encoder's held-out R2 as recorded at training (None if absent or not a number)."""
+        r2 = (self.meta.get("encoder") or {}).get("r2")
+        return float(r2) if isinstance(r2, int | float) and math.isfinite(r2) else None
 
     @property
     def default_refine(self) -> int:
         """Refinement steps when none are asked for: ``REFINE_STEPS`` where the encoder's
         held-out R2 is at least ``REFINE_MIN_R2``, else 0 (the paper's plain generator)."""
-        r2 = (self.meta.get("encoder") or {}).get("r2")
-        good = isinstance(r2, int | float) and math.isfinite(r2) and r2 >= REFINE_MIN_R2
-        return REFINE_STEPS if good else 0
+        r2 = self.encoder_r2
+        return REFINE_STEPS if r2 is not None and r2 >= REFINE_MIN_R2 else 0
 
     def refine_steps(self, refine: int | None) -> int:
         """The steps a ``refine`` argument asks for (None: :attr:`default_refine`), checked."""
@@ -289,9 +292,12 @@ class Nagan:
         the architecture the code decodes to; a code stops moving as soon as its decoded
         architecture is within ``REFINE_TOL`` of c, which keeps the bag's spread. Rows are
         refined in blocks of ``REFINE_BLOCK`` in bag order, so a bag generated in pieces that
-        are multiples of the block is the same bag (``generate_chunks``).
+        are multiples of the block is the same bag (``generate_chunks``). 0 steps is the plain
+        decoding (``canonical_many``).
         """
         check_refine(steps)
+        if not steps:
+            return self.space.canonical_many(x)
         x = np.asarray(x, dtype=np.float32)
         out = np.empty_like(x)
         self.encoder.eval()
@@ -365,11 +371,7 @@ class Nagan:
                 z = torch.randn(size, latent, generator=gen)
                 c = torch.full((size,), float(condition))
                 x = self.generator(z, c).numpy()
-            if refine:
-                enc = self.refine_codes(x, condition, refine)
-            else:
-                enc = self.space.canonical_many(x)
-            yield self.space.decode_many(enc)
+            yield self.space.decode_many(self.refine_codes(x, condition, refine))
             start += size
 
     def generate_unique(
@@ -503,8 +505,12 @@ class Nagan:
                 f"{expect_space.dim})"
             )
         model = _build(space, config)
-        ens = EncoderEnsemble(config.ensemble, space.dim, config.ens_hidden)
-        if config.ensemble:
+        ens = (
+            EncoderEnsemble(config.ensemble, space.dim, config.ens_hidden)
+            if config.ensemble
+            else None
+        )
+        if ens is not None:
             kappa = info.get("interval", {}).get("kappa") if isinstance(info, dict) else None
             if not isinstance(kappa, int | float) or not math.isfinite(kappa) or kappa < 0:
                 raise ModelError(
@@ -515,7 +521,7 @@ class Nagan:
             ("encoder", model[0]),
             ("generator", model[1]),
             ("discriminator", model[2]),
-            *((("ensemble", ens),) if config.ensemble else ()),
+            *((("ensemble", ens),) if ens is not None else ()),
         ):
             sd = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
             try:
@@ -534,7 +540,7 @@ class Nagan:
             config,
             *model,
             meta=info,
-            ensemble=ens if config.ensemble else None,
+            ensemble=ens,
         )
 
 

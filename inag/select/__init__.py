@@ -48,7 +48,7 @@ class Bag:
     costs: CostResult
     counts: np.ndarray
     generated: int
-    # half-width of the estimate's 90 % interval (zeros: the model has no ensemble)
+    # half-width of the estimate's 90 % interval (None: the model has no ensemble)
     half_width: np.ndarray | None = None
 
     @property
