@@ -12,12 +12,14 @@ would train) and the same ``TrainerConfig`` (defaults unless overridden), measur
   at a time) timed on an evenly spaced subset of the archs and scaled per net;
 - their ratio; both counted in *trained networks* (the batched trainer trains ``restarts``
   initializations per arch, ``train_single`` one, so a training run is the common unit);
-- useful GFLOP/s of each engine (true shapes only: 6 flops per MAC -- forward 2, backward 4
-  -- x training samples per epoch x epochs x MACs of one sample (dense in*out, conv weights x
-  output positions); the C engine computes no padding, the torch engine's padded GFLOP/s and
-  padding waste are shown for MLPs), against a 1024^3
+- useful GFLOP/s of each engine (``inag.train.trainer.train_flops``: true shapes only,
+  forward 2 + weight gradient 2 flops per MAC, input gradient 2 per MAC for every unit but
+  the first, x training samples per epoch x epochs; the C engine computes no padding, the
+  torch engine's padded GFLOP/s and padding waste are shown for MLPs), against a 1024^3
   float32 ``torch.mm`` measured in the same run (median of several, interleaved with the
-  training runs);
+  training runs) and against this core's float32 FMA peak (a register-only FMA loop compiled
+  with ``-O3 -march=native``, median of several): no fp32 engine can beat the peak, so
+  peak / (plain useful GFLOP/s) bounds the ratio any engine can reach over the plain loop;
 - the same batched runs and plain nets with ONE thread (the dataset builder's per-worker
   setting), interleaved with the default-thread runs;
 - the torch engine's ceiling: GFLOP/s of only the bmm calls a step issues for the same chunk
@@ -33,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +50,12 @@ import torch
 from inag.dataset import LocalBackend, build_dataset
 from inag.space import load_space
 from inag.tasks import load_task
-from inag.train.trainer import BatchedMLPTrainer, TrainerConfig, arch_macs, train_single
+from inag.train.trainer import (
+    BatchedMLPTrainer,
+    TrainerConfig,
+    train_flops,
+    train_single,
+)
 
 
 def sgemm_gflops(repeats: int = 7, size: int = 1024) -> list[float]:
@@ -98,9 +107,66 @@ def log(msg: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def true_macs(arch) -> int:
-    """MACs of one sample through ``arch`` (MLP or CNN, true shapes)."""
-    return arch_macs(arch)
+_FMA_PEAK_C = r"""
+#include <stdio.h>
+#include <time.h>
+#if defined(__AVX512F__)
+#define LANES 16
+#else
+#define LANES 8
+#endif
+typedef float v __attribute__((vector_size(4 * LANES)));
+#define ACC(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) \
+  X(14) X(15)
+int main(void) {
+  v b = (v){0} + 0.999999f, c = (v){0} + 1e-7f;
+#define DECL(i) v a##i = (v){0} + (float)i;
+  ACC(DECL)
+  long n = 100000000;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (long k = 0; k < n; k++) {
+#define STEP(i) a##i = a##i * b + c; __asm__("" : "+v"(a##i));
+    ACC(STEP)
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  float sum = 0;
+#define SUM(i) sum += a##i[0];
+  ACC(SUM)
+  double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+  printf("%f %d %g\n", n * 16.0 * LANES * 2 / s / 1e9, LANES, sum);
+  return 0;
+}
+"""
+
+
+def fma_peak_gflops(repeats: int = 3) -> tuple[float, int] | None:
+    """This core's float32 FMA peak: 16 independent FMA chains in registers, built like the C
+    engine (-O3 -march=native); (median GFLOP/s, vector lanes), or None without a compiler."""
+    cc = next(
+        (c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None
+    )
+    if cc is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = Path(tmp) / "peak.c", Path(tmp) / "peak"
+        src.write_text(_FMA_PEAK_C)
+        for flags in (["-march=native"], []):
+            proc = subprocess.run(
+                [cc, "-O3", "-ffp-contract=fast", *flags, str(src), "-o", str(exe)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode == 0:
+                break
+        else:
+            return None
+        runs = [
+            subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+            for _ in range(repeats)
+        ]
+    return statistics.median(float(r.split()[0]) for r in runs), int(runs[0].split()[1])
 
 
 def main() -> None:
@@ -147,6 +213,7 @@ def main() -> None:
 
     # ---------------------------------------------------------------- batched (+ sgemm)
     sgemm = sgemm_gflops()
+    peaks = [fma_peak_gflops()]
     engines = ["c"] + ([] if args.no_torch_engine else ["torch"])
     wall: dict[tuple[str, int], list[float]] = {}
     plan = None
@@ -174,8 +241,8 @@ def main() -> None:
     failed = sum(r.status != "ok" for r in res)
     t_b = statistics.median(wall["c", threads])
     runs = args.n * cfg.restarts
-    flops_per_mac = 6 * n_train * cfg.epochs
-    useful = flops_per_mac * cfg.restarts * sum(true_macs(a) for a in archs)
+    flops_per_sample = n_train * cfg.epochs  # x train_flops(arch): one net's useful flops
+    useful = flops_per_sample * cfg.restarts * sum(train_flops(a) for a in archs)
 
     # ---------------------------------------------------------------- plain loop
     step = max(1, args.n // args.plain)
@@ -201,8 +268,9 @@ def main() -> None:
             finally:
                 torch.set_num_threads(threads)
     sgemm += sgemm_gflops()
+    peaks.append(fma_peak_gflops())
     t_plain_net = float(np.mean(plain_s))
-    plain_flops = flops_per_mac * sum(true_macs(a) for a in subset)
+    plain_flops = flops_per_sample * sum(train_flops(a) for a in subset)
 
     # ---------------------------------------------------------------- full local build path
     t_build = None
@@ -227,6 +295,8 @@ def main() -> None:
 
     g_sgemm = statistics.median(sgemm)
     g_useful = useful / t_b / 1e9
+    g_plain = plain_flops / sum(plain_s) / 1e9
+    peak = None if None in peaks else statistics.median(p[0] for p in peaks)
     nets_b = runs / t_b
     nets_p = 1.0 / t_plain_net
     load1 = os.getloadavg()
@@ -276,19 +346,26 @@ def main() -> None:
             rows.append(("torch engine, 1 thread: useful GFLOP/s", f"{useful / t_t1 / 1e9:.2f}"))
     if plan is not None:  # the MLP torch engine's padded plan
         t_t = statistics.median(wall["torch", threads])
-        padded = flops_per_mac * plan.padded_macs
+        waste = 1 - plan.useful_macs / plan.padded_macs  # per-MAC: padding is uniform
         ceil_useful, ceil_padded = bmm_ceiling_gflops(plan, cfg.batch_size)
         rows += [
-            ("torch engine padded GFLOP/s", f"{padded / t_t / 1e9:.2f}"),
-            ("torch padding waste (1 - useful/padded)", f"{100 - 100 * useful / padded:.1f}%"),
+            ("torch engine padded GFLOP/s", f"{useful / (1 - waste) / t_t / 1e9:.2f}"),
+            ("torch padding waste (1 - useful/padded MACs)", f"{100 * waste:.1f}%"),
             ("torch bmm calls alone: useful GFLOP/s", f"{ceil_useful:.2f}"),
             ("torch bmm calls alone: useful / sgemm", f"{100 * ceil_useful / g_sgemm:.1f}%"),
             ("torch padding grid of the chunk", str(plan.grid)),
         ]
     rows += [
-        ("plain useful GFLOP/s", f"{plain_flops / sum(plain_s) / 1e9:.3f}"),
+        ("plain useful GFLOP/s", f"{g_plain:.3f}"),
         ("failed candidates (C engine)", str(failed)),
     ]
+    if peak is not None:
+        rows += [
+            (f"fp32 FMA peak of one core, GFLOP/s ({peaks[0][1]} lanes)", f"{peak:.1f}"),
+            ("FMA peak samples", " ".join(f"{p[0]:.0f}" for p in peaks)),
+            ("C engine useful / FMA peak", f"{100 * g_useful / peak:.1f}%"),
+            ("ceiling of any fp32 engine's ratio: peak / plain", f"{peak / g_plain:.1f}x"),
+        ]
     if t_build is not None:
         rows += [
             (
@@ -303,8 +380,9 @@ def main() -> None:
         print(f"{k:<52} {v:>12}")
     print("-" * 65)
     goal = 15 if space.kind == "mlp" else 10  # issue 3 (MLPs), issue 14 (CNNs)
+    ceiling = "" if peak is None else f" (fp32 ceiling on this core {peak / g_plain:.1f}x)"
     print(
-        f"targets: ratio >= {goal}x: {'PASS' if nets_b / nets_p >= goal else 'FAIL'}; "
+        f"targets: ratio >= {goal}x: {'PASS' if nets_b / nets_p >= goal else 'FAIL'}{ceiling}; "
         f"useful >= 40% of sgemm: {'PASS' if g_useful >= 0.4 * g_sgemm else 'FAIL'}"
     )
     print(f"load average at end {load1[0]:.2f} (other processes share these CPUs)")

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from trainer_helpers import (  # noqa: F401 - a fixture
     ENGINE,
     one_torch_thread,
@@ -35,7 +36,9 @@ from inag.train.trainer import (
     _c_weight,
     _to_nhwc,
     _units,
+    plain_model,
     train_final,
+    train_flops,
     train_single,
 )
 
@@ -348,3 +351,22 @@ def test_quality_over_32_sampled_cnns(digits, plain_32, engine):
     assert d.mean() <= 0.02, (d.mean(), d.max())
     acc = np.array([p.performance for p in plain])
     assert acc.min() < 0.7 and acc.max() > 0.95  # the sample spans the range
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [CNN, CNN_STRIDE, ArchSpec("mlp", (64,), 10, (LayerSpec(24, 5), LayerSpec(7, 3)))],
+    ids=["cnn", "cnn-stride", "mlp"],
+)
+def test_train_flops_is_what_the_plain_loop_computes(arch, digits):
+    """The benchmarks' useful flops are torch's own count of one plain training step: forward,
+    weight gradients, and input gradients of every unit but the first."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = plain_model(arch, 1.0 / 16, seed=0, act_ema=0.9)
+    x = torch.tensor(np.array(digits.x_train[:32], np.float32)).reshape(32, -1)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).sum().backward()
+    assert counter.get_total_flops() == 32 * train_flops(arch)
+    assert train_flops(arch) < 6 * sum(u.macs for u in _units(arch))

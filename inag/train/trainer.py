@@ -253,6 +253,21 @@ def arch_macs(arch: ArchSpec) -> int:
     return sum(u.macs for u in _units(arch))
 
 
+def train_flops(arch: ArchSpec) -> int:
+    """Flops one sample costs in one training step: forward and weight gradient of every unit
+    (2 + 2 per MAC), input gradient of every unit but the first (2 per MAC): nobody needs the
+    gradient with respect to the data, and no engine, the plain loop included, computes it.
+    This is the work any engine must do; benchmarks divide it by time for useful GFLOP/s."""
+    if arch.kind == "mlp":
+        ws = _widths(arch)
+        first = int(ws[0]) * int(ws[1])
+        total = _net_macs(ws)
+    else:
+        units = _units(arch)
+        first, total = units[0].macs, sum(u.macs for u in units)
+    return 6 * total - 2 * first
+
+
 def init_unit_np(gen: torch.Generator, u: _Unit) -> tuple[np.ndarray, np.ndarray]:
     """PyTorch's default init of the unit's layer (nn.Conv2d / nn.Linear alike):
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights, then biases, from ``gen``'s stream, in the
