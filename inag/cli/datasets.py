@@ -52,13 +52,14 @@ def sample(
         ),
     ] = 0.5,
     restarts: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             help="Initializations per architecture, each trained in full; --restart-score "
-            "turns them into the label.",
+            "turns them into the label. Default: 16 for MLP spaces, 4 for CNN spaces (as "
+            "repeatable, at a quarter of the cost; docs/dataset.md).",
         ),
-    ] = 16,
+    ] = None,
     restart_score: Annotated[
         str,
         typer.Option(
@@ -109,9 +110,14 @@ def sample(
         bind_to_task,
         build_dataset,
     )
-    from inag.space import load_space
-    from inag.train.trainer import TrainerConfig
+    from inag.space import SpaceError, load_space
+    from inag.train.trainer import DEFAULT_RESTARTS, TrainerConfig
 
+    if restarts is None:
+        try:
+            restarts = DEFAULT_RESTARTS.get(load_space(space).kind, DEFAULT_RESTARTS["mlp"])
+        except SpaceError as exc:
+            raise CliError(str(exc)) from None
     try:
         trainer = TrainerConfig(
             epochs=epochs,
