@@ -202,3 +202,6 @@ def test_sample_default_restarts_follow_the_space(tmp_path, capsys, space, resta
     capsys.readouterr()
     assert main(["dataset", "info", str(other), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trainer"]["restarts"] == 2
+    resume = [*base[:6], "2", *base[7:8], str(other), *base[9:]]  # 2 rows, no --restarts
+    assert main(resume) == 0, capsys.readouterr().err
+    assert "2/2 nets (1 trained now" in capsys.readouterr().out

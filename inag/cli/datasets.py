@@ -56,8 +56,9 @@ def sample(
         typer.Option(
             min=1,
             help="Initializations per architecture, each trained in full; --restart-score "
-            "turns them into the label. Default: 16 for MLP spaces, 4 for CNN spaces (as "
-            "repeatable, at a quarter of the cost; docs/dataset.md).",
+            "turns them into the label. Default: the file's when resuming, else 16 for MLP "
+            "spaces and 4 for CNN spaces (as repeatable, at a quarter of the cost; "
+            "docs/dataset.md).",
         ),
     ] = None,
     restart_score: Annotated[
@@ -113,6 +114,9 @@ def sample(
     from inag.space import SpaceError, load_space
     from inag.train.trainer import DEFAULT_RESTARTS, TrainerConfig
 
+    _check_db_out(db)
+    if restarts is None:  # resuming keeps the file's restarts; a new file takes the space's
+        restarts = _stored_restarts(db)
     if restarts is None:
         try:
             restarts = DEFAULT_RESTARTS.get(load_space(space).kind, DEFAULT_RESTARTS["mlp"])
@@ -132,7 +136,6 @@ def sample(
         raise CliError(str(exc)) from None
     if workers is not None and workers < 1:
         raise CliError(f"--workers must be at least 1, found {workers}")
-    _check_db_out(db)
     try:  # a space that cannot take the task's input: refused before any work starts
         bind_to_task(task, load_space(space), data_seed)
     except DatasetError as exc:
@@ -271,6 +274,22 @@ def _check_db_out(db: Path) -> None:
             check_dataset_file(db, allow_empty=True)
         except DatasetError as exc:
             raise CliError(str(exc)) from None
+
+
+def _stored_restarts(db: Path) -> int | None:
+    """The restarts an existing dataset was built with, or None (no file, none recorded, or a
+    file build_dataset will refuse with its own message)."""
+    from inag.dataset import DatasetError, DatasetStore
+
+    if not db.is_file():
+        return None
+    try:
+        with DatasetStore(db) as store:
+            trainer = store.meta().get("trainer")
+    except DatasetError:
+        return None
+    value = trainer.get("restarts") if isinstance(trainer, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 GROUPS = {"dataset": dataset_app}
