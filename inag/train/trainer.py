@@ -59,9 +59,9 @@ _LEGACY_FIELDS: dict[str, Any] = {"restart_score": "best"}
 
 
 # Restarts per architecture when `inag sample` is not told: the fewest that make labels as
-# repeatable as the MLP recipe's (repeatability ~0.97, docs/dataset.md). A conv net costs
-# ~10x an MLP to train, and 4 restarts already reach 0.976 on digits CNNs (16 on data_a MLPs:
-# 0.972), so a CNN dataset of 1500 rows builds in 12 min on 2 cores instead of ~50.
+# repeatable as the MLP recipe's (repeatability ~0.97, docs/dataset.md). A digits CNN costs
+# ~5.5x a data_a MLP per training run, and 4 restarts already reach 0.976 on digits CNNs (16
+# on data_a MLPs: 0.972), so a CNN dataset of 1500 rows builds in 12 min on 2 cores, not ~50.
 DEFAULT_RESTARTS = {"mlp": 16, "cnn": 4}
 
 
