@@ -834,7 +834,7 @@ def build_dataset(
     SIGINT and SIGTERM stop it cleanly: the finished chunks are written and
     :class:`SamplingInterrupted` is raised.
     """
-    from inag.train.trainer import resolve_engine
+    from inag.train.trainer import check_size, resolve_engine
 
     try:
         engine = resolve_engine(engine)
@@ -842,6 +842,10 @@ def build_dataset(
         raise DatasetError(str(exc)) from None
 
     task, space = bind_to_task(task_spec, space, data_seed)
+    try:  # the space's largest net must be trainable here, or no sample is
+        check_size(space.largest(), trainer.batch_size)
+    except ValueError as exc:
+        raise DatasetError(f"space {space.name!r}: its largest net {exc}") from None
     meta = dataset_meta(
         task_spec, task.kind, space, seed, data_seed, trainer, task_input_shape=task.input_shape
     )

@@ -205,3 +205,19 @@ def test_sample_default_restarts_follow_the_space(tmp_path, capsys, space, resta
     resume = [*base[:6], "2", *base[7:8], str(other), *base[9:]]  # 2 rows, no --restarts
     assert main(resume) == 0, capsys.readouterr().err
     assert "2/2 nets (1 trained now" in capsys.readouterr().out
+
+
+def test_sample_refuses_a_space_whose_largest_net_cannot_be_trained(tmp_path, capsys):
+    """65536-channel convs load as a space, but training its largest net would take terabytes:
+    refused before any training, naming the net and the memory."""
+    from importlib import resources
+
+    text = resources.files("inag").joinpath("spaces/cnn.yaml").read_text()
+    assert "channels: [4, 8, 16, 24, 32]" in text
+    space = tmp_path / "huge.yaml"
+    space.write_text(text.replace("channels: [4, 8, 16, 24, 32]", "channels: [65536]"))
+    db = tmp_path / "h.sqlite"
+    args = ["sample", "--task", "digits", "--space", str(space), "-n", "2", "--db", str(db)]
+    assert main([*args, "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "too large to train here" in err and "c65536k5" in err and "GiB" in err

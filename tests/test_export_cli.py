@@ -337,3 +337,12 @@ def test_export_builds_firmware_for_the_descriptors_cortex_m(net_file, tmp_path,
     assert cm["cpu"] == "cortex-m0+" and "-mcpu=cortex-m0plus" in cm["flags"]
     assert cm["firmware_elf"]["flash_bytes"] > 0
     assert "cortex-m0+ firmware: flash" in text
+
+
+def test_train_net_refuses_a_net_too_large_to_train(tmp_path, capsys):
+    huge = ArchSpec("mlp", (1,), 1, (LayerSpec(1 << 20, 4), LayerSpec(1 << 20, 4)))
+    out = tmp_path / "n.safetensors"
+    assert main(["train-net", huge.to_json(), "--task", "data_a", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "too large to train here" in err and "Traceback" not in err
+    assert not out.exists()

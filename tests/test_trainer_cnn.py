@@ -36,10 +36,12 @@ from inag.train.trainer import (
     _c_weight,
     _to_nhwc,
     _units,
+    check_size,
     plain_model,
     train_final,
     train_flops,
     train_single,
+    training_bytes,
 )
 
 
@@ -370,3 +372,20 @@ def test_train_flops_is_what_the_plain_loop_computes(arch, digits):
         model(x).sum().backward()
     assert counter.get_total_flops() == 32 * train_flops(arch)
     assert train_flops(arch) < 6 * sum(u.macs for u in _units(arch))
+
+
+def test_a_net_too_large_to_train_is_refused_before_any_allocation(digits):
+    """A 2^20-wide conv is a valid LayerSpec; training it would ask for terabytes."""
+    huge = ArchSpec("cnn", (1, 8, 8), 10, (conv(1 << 20, 4), conv(1 << 20, 4)))
+    assert training_bytes(huge, 256) > 2**40
+    with pytest.raises(ValueError, match=r"too large to train here: ~[\d.e+]+ GiB .* 256"):
+        check_size(huge, 256)
+    with pytest.raises(ValueError, match="too large to train"):
+        train_single(huge, digits, TrainerConfig(epochs=1, restarts=1))
+    with pytest.raises(ValueError, match="too large to train"):
+        BatchedMLPTrainer(digits, TrainerConfig(epochs=1, restarts=1)).train([huge])
+    # the estimate grows with the net and the minibatch, and small nets pass
+    assert training_bytes(CNN, 512) > training_bytes(CNN, 256) > 0
+    check_size(CNN, 256)
+    with pytest.raises(ValueError, match="above the 1e-06 GiB limit"):
+        check_size(CNN, 256, limit_bytes=1074)

@@ -100,12 +100,16 @@ def train_net(
     from export.artifacts import prepare_out_dir
     from export.qnet import QuantizedNet, save_net_file
     from inag.tasks import load_task, performance
-    from inag.train.trainer import TrainerConfig, train_final
+    from inag.train.trainer import TrainerConfig, check_size, train_final
 
     prepare_out_dir(Path(out).parent)  # fail before training, not after
     task = load_task(task_spec, seed)
     _check_task_fits(arch, task)
     config = TrainerConfig(epochs=epochs, seed=seed, lr=lr)
+    try:
+        check_size(arch, config.batch_size)
+    except ValueError as exc:
+        raise _err(str(exc)) from None
 
     def progress(done: int, total: int) -> None:
         if done == total or done % max(1, total // 10) == 0:

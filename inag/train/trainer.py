@@ -36,6 +36,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -328,6 +329,43 @@ def check_input(arch: ArchSpec, task: TaskData) -> None:
         raise ValueError(
             f"{arch.summary()} ({arch.kind}) reads inputs of shape {shape} ({n_arch} values); "
             f"task {task.name!r} gives {'x'.join(map(str, task.input_shape))} ({n_task} values)"
+        )
+
+
+def training_bytes(arch: ArchSpec, batch_size: int) -> int:
+    """What training one net of ``arch`` holds in memory, roughly: its parameters six times
+    (weights, their fake-quantized copy and transpose, gradient, Adam's m and v) and, per
+    sample of the minibatch, every unit's conv output three times (output, mask or pool
+    indices, gradient), all float32. An estimate for refusing absurd nets, not a budget."""
+    if arch.kind == "mlp":
+        ws = _widths(arch)
+        params = _net_macs(ws) + sum(ws[1:])
+        acts = sum(ws[1:])
+    else:
+        units = _units(arch)
+        params = sum(math.prod(u.weight_shape) + u.out for u in units)
+        acts = sum(math.prod(u.conv_shape) if u.spatial else u.out for u in units)
+    return 4 * (6 * params + 3 * batch_size * acts)
+
+
+def memory_limit_bytes() -> int:
+    """Half of this machine's physical memory: the most one net may take to train."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf: a 16 GiB machine
+        return 8 << 30
+
+
+def check_size(arch: ArchSpec, batch_size: int, limit_bytes: int | None = None) -> None:
+    """Refuse a net too large to train here before anything is allocated, naming its size:
+    a width of 2^20 is a valid ``LayerSpec`` but would ask for terabytes."""
+    need = training_bytes(arch, batch_size)
+    limit = memory_limit_bytes() if limit_bytes is None else limit_bytes
+    if need > limit:
+        raise ValueError(
+            f"{arch.summary()} is too large to train here: ~{need / 2**30:.3g} GiB for its "
+            f"parameters and a minibatch of {batch_size}, above the {limit / 2**30:.3g} GiB "
+            "limit (half of this machine's memory); use narrower or fewer layers"
         )
 
 
@@ -728,6 +766,7 @@ class BatchedMLPTrainer:
         keys = [a.arch_id if j == 0 else f"{a.arch_id}#{j}" for a in archs for j in range(r)]
         for a in archs:
             check_input(a, self.task)  # refuses a mismatched input before any work
+            check_size(a, self.config.batch_size)
         if self.engine == "c":
             return self._runs_native(runs, keys, progress, validation)
         if all(a.kind == "mlp" for a in runs):
@@ -1437,6 +1476,7 @@ def _fit_plain(
     loss and the test performance; raises :class:`_Diverged` on a non-finite loss.
     """
     check_input(arch, task)
+    check_size(arch, config.batch_size)
     helper = BatchedMLPTrainer(task, config, engine="torch")  # the input quantization only
     model = plain_model(arch, helper.s_x, config.seed, config.act_ema)
     opt = torch.optim.Adam(
