@@ -160,6 +160,8 @@ class DatasetStore:
 
     # ------------------------------------------------------------------ meta
     def meta(self) -> dict[str, Any]:
+        """What the dataset was made of, each entry checked for its type: a tampered file
+        is refused here, naming the entry, not deep inside a command."""
         from inag.safe_io import InputError, load_json
 
         out = {}
@@ -168,6 +170,9 @@ class DatasetStore:
                 out[k] = load_json(v, f"{self.path}: meta {k!r}")
             except (InputError, TypeError) as exc:
                 raise DatasetError(f"{self.path} has a corrupt meta entry: {exc}") from None
+        problem = meta_problem(out)
+        if problem:
+            raise DatasetError(f"{self.path} has a corrupt meta entry: {problem}")
         return out
 
     def bind(self, meta: dict[str, Any]) -> None:
@@ -183,16 +188,20 @@ class DatasetStore:
                     ],
                 )
             return
+        checks = [("task", "task"), ("space", "search space")]
+        if "space_definition" in have:  # files made before session 8 lack it
+            checks.append(("space_definition", "search-space definition"))
         for key, label in (
-            ("task", "task"),
-            ("space", "search space"),
+            *checks,
             ("config_hash", "trainer configuration"),
             ("data_seed", "data seed"),
             ("seed", "sampling seed"),
         ):
-            if have.get(key) != meta.get(key):
+            if _canon(have.get(key)) != _canon(meta.get(key)):  # as stored: lists, not tuples
                 want = have.get(key)
                 detail = ""
+                if key == "space_definition":
+                    detail = f" ({_first_difference(_canon(want), _canon(meta.get(key)))})"
                 if key == "config_hash":
                     detail = (
                         f" (the file's: {json.dumps(have.get('trainer'))}; yours: "
@@ -256,7 +265,17 @@ class DatasetStore:
         return [dict(zip(cols, r, strict=True)) for r in self.conn.execute(q, args)]
 
     def archs_and_performance(self) -> tuple[list[ArchSpec], np.ndarray]:
+        """The trained ('ok') rows; every label must be a number in [0, 1] (R^2 clipped, or
+        accuracy), so a tampered cell is refused naming its row."""
         rows = self.rows("ok")
+        for r in rows:
+            v = r["performance"]
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+            if not ok:  # NaN fails the comparison too
+                raise DatasetError(
+                    f"{self.path}: row {r['sample_index']} (arch {r['arch_id']}) is 'ok' but its "
+                    f"performance is {v!r}; expected a number in [0, 1]"
+                )
         return (
             [ArchSpec.from_json(r["arch"]) for r in rows],
             np.array([r["performance"] for r in rows], dtype=np.float64),
@@ -369,6 +388,19 @@ def check_dataset_file(path: Path, allow_empty: bool = False) -> None:
             f"{path} is not an INAG dataset: expected the tables meta and runs written by "
             f"`inag sample`, found tables: {found}; the file was not modified"
         )
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    """Where two JSON values first differ, as "path: file's X, yours Y"."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+    return f"{where or 'value'}: the file's {_short(a)}, yours {_short(b)}"
+
+
+def _canon(v: Any) -> Any:
+    return json.loads(json.dumps(v, sort_keys=True))
 
 
 def _short(v: Any) -> str:
@@ -687,6 +719,54 @@ class RayBackend(Backend):
         self.ray.shutdown()
 
 
+def _is_shape(v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and 0 < len(v) <= 3
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+    )
+
+
+def _is_int(v: Any, lo: int | None = None) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
+
+
+def meta_problem(meta: dict[str, Any]) -> str:
+    """What is wrong with a dataset's meta entries ("" if nothing): each present entry must
+    have the type `dataset_meta` writes."""
+    want: dict[str, tuple[Any, str]] = {
+        "task": (lambda v: isinstance(v, str) and v != "", "a task spec string"),
+        "task_kind": (lambda v: v in ("regression", "classification"),
+                      "'regression' or 'classification'"),
+        "task_input_shape": (_is_shape, "a list of 1-3 positive ints"),
+        "space": (lambda v: isinstance(v, dict), "an object"),
+        "space_definition": (lambda v: isinstance(v, dict), "an object (the space's YAML form)"),
+        "seed": (_is_int, "an int"),
+        "data_seed": (_is_int, "an int"),
+        "trainer": (lambda v: isinstance(v, dict), "an object of trainer settings"),
+        "config_hash": (lambda v: isinstance(v, str), "a string"),
+        "versions": (lambda v: isinstance(v, dict), "an object"),
+        "schema_version": (_is_int, "an int"),
+    }  # fmt: skip
+    for key, (ok, what) in want.items():
+        if key in meta and not ok(meta[key]):
+            return f"{key!r} must be {what}, found {_short(meta[key])}"
+    space = meta.get("space")
+    if isinstance(space, dict):
+        fields: dict[str, tuple[Any, str]] = {
+            "name": (lambda v: isinstance(v, str) and v != "", "a name"),
+            "kind": (lambda v: v in ("mlp", "cnn"), "'mlp' or 'cnn'"),
+            "input_shape": (_is_shape, "a list of 1-3 positive ints"),
+            "output_size": (lambda v: _is_int(v, 1), "a positive int"),
+        }
+        for key, (ok, what) in fields.items():
+            if key not in space:
+                return f"'space' lacks {key!r} ({what})"
+            if not ok(space[key]):
+                return f"'space.{key}' must be {what}, found {_short(space[key])}"
+    return ""
+
+
 def dataset_meta(
     task_spec: str,
     task_kind: str,
@@ -710,6 +790,9 @@ def dataset_meta(
             "size": space.size(),
             "dim": space.dim,
         },
+        # the whole (bound) space, so a dataset of a space file is read back with that space,
+        # not with a bundled space of the same name (older datasets lack it)
+        "space_definition": space.to_dict(),
         "seed": seed,
         "data_seed": data_seed,
         "trainer": asdict(trainer),

@@ -386,3 +386,89 @@ def test_ray_backend_writes_the_same_rows(built, tmp_path):
     # one torch thread per chunk on both sides: the numbers are bit for bit the same
     assert {k: v[:5] for k, v in local.items()} == {k: v[:5] for k, v in remote.items()}
     assert integrity(db) == "ok"
+
+
+# ---------------------------------------------------------------------------- tampered files
+def _tamper(src: Path, dst_dir: Path, sql: str, *args: object) -> Path:
+    db = copy_db(src, dst_dir)
+    with sqlite3.connect(db) as con:
+        con.execute(sql, args)
+    con.close()
+    return db
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expect"),
+    [
+        ("space", '"cnn"', "'space' must be an object, found 'cnn'"),
+        ("task", "42", "'task' must be a task spec string, found 42"),
+        ("task_kind", '"weird"', "'task_kind' must be 'regression' or 'classification'"),
+        ("trainer", '"junk"', "'trainer' must be an object of trainer settings"),
+        ("seed", "1.5", "'seed' must be an int, found 1.5"),
+    ],
+)
+def test_a_tampered_meta_entry_is_refused_naming_it(built, tmp_path, key, value, expect):
+    db = _tamper(built[0], tmp_path, "UPDATE meta SET value = ? WHERE key = ?", value, key)
+    for read in (lambda s: s.meta(), lambda s: s.info()):
+        with DatasetStore(db) as store, pytest.raises(DatasetError) as exc:
+            read(store)
+        assert "corrupt meta entry" in str(exc.value) and expect in str(exc.value)
+
+
+def test_a_tampered_space_field_is_refused_naming_it(built, tmp_path):
+    with DatasetStore(built[0]) as store:
+        space = store.meta()["space"]
+    bad = {**space, "input_shape": "abc"}
+    db = _tamper(built[0], tmp_path, "UPDATE meta SET value = ? WHERE key = 'space'",
+                 json.dumps(bad))  # fmt: skip
+    with DatasetStore(db) as store, pytest.raises(DatasetError, match="'space.input_shape' must"):
+        store.meta()
+    missing = {k: v for k, v in space.items() if k != "output_size"}
+    (tmp_path / "m").mkdir()
+    db = _tamper(built[0], tmp_path / "m", "UPDATE meta SET value = ? WHERE key = 'space'",
+                 json.dumps(missing))  # fmt: skip
+    with (
+        DatasetStore(db) as store,
+        pytest.raises(DatasetError, match="'space' lacks 'output_size'"),
+    ):
+        store.meta()
+
+
+@pytest.mark.parametrize("value", ["abc", 1e308, None, -0.5, float("nan")])
+def test_an_ok_row_whose_performance_is_not_a_label_is_refused(built, tmp_path, value):
+    db = _tamper(
+        built[0], tmp_path,
+        "UPDATE runs SET performance = ? WHERE sample_index = 3 AND status = 'ok'", value,
+    )  # fmt: skip
+    with DatasetStore(db) as store, pytest.raises(DatasetError) as exc:
+        store.archs_and_performance()
+    assert "row 3" in str(exc.value) and "expected a number in [0, 1]" in str(exc.value)
+
+
+def test_a_dataset_of_a_space_file_is_read_back_with_that_space(tmp_path):
+    """The dataset stores the space's definition: `inag train` on it must not fall back to a
+    bundled space of the same name (it did: a custom file named 'cnn' became the bundled cnn)."""
+    from inag.cli import main
+
+    text = load_space("cnn").to_dict()
+    text["conv"]["channels"] = [4, 6]
+    yaml_path = tmp_path / "narrow.yaml"
+    yaml_path.write_text(yaml.safe_dump({**text, "name": "cnn"}))
+    db = tmp_path / "n.sqlite"
+    build(db, n=24, task="digits", space=str(yaml_path))
+    with DatasetStore(db) as store:
+        assert store.meta()["space_definition"]["conv"]["channels"] == [4, 6]
+    build(db, n=26, task="digits", space=str(yaml_path))  # resumes: the same definition
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**text, "name": "cnn", "conv": {**text["conv"],
+                                     "channels": [4, 8]}}))  # fmt: skip
+    with pytest.raises(DatasetError, match=r"conv\.channels: the file's \[4, 6\], yours \[4, 8\]"):
+        build(db, n=26, task="digits", space=str(other))
+    model = tmp_path / "n.nagan"
+    args = ["train", "--db", str(db), "--out", str(model), "--gan-steps", "10", "--enc-epochs",
+            "2", "--ensemble", "0"]  # fmt: skip
+    assert main(args) == 0
+    from inag.nagan import Nagan
+
+    nagan = Nagan.load(model)
+    assert nagan.space.blocks[0].widths == (4, 6)

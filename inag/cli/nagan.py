@@ -116,10 +116,23 @@ def train(
 
 
 def _dataset_space(meta: dict[str, Any]) -> Any:
-    from inag.space import load_space
+    """The space a dataset was sampled from: its stored definition, or (datasets made before
+    session 8) the bundled space of its name."""
+    from inag.space import SpaceError, load_space, space_from_dict
 
     sp = meta["space"]
-    return load_space(sp["name"]).bind(sp["input_shape"], sp["output_size"])
+    try:
+        if "space_definition" in meta:
+            return space_from_dict(meta["space_definition"], source="the dataset's space")
+        return load_space(sp["name"]).bind(sp["input_shape"], sp["output_size"])
+    except SpaceError as exc:
+        hint = (
+            ""
+            if "space_definition" in meta
+            else f" (this dataset was made before datasets stored their space: it names space "
+            f"{sp['name']!r} only, which is neither bundled nor a file here)"
+        )
+        raise CliError(f"dataset space: {exc}{hint}") from None
 
 
 def generate(
