@@ -7,6 +7,7 @@ import gzip
 import os
 import pickle
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -469,6 +470,51 @@ def test_cifar10_missing_files(tmp_path: Path) -> None:
         load_task(f"cifar10:{folder}")
 
 
+def _set_cifar_labels(folder: Path, labels: object, name: str = "data_batch_2") -> None:
+    """Rewrites one batch of ``make_cifar(..., n=4)`` with other labels, images unchanged."""
+    batch = cifar_batch(np.random.default_rng(1), 4, b"training batch 2 of 5")
+    batch[b"labels"] = labels
+    with (folder / name).open("wb") as handle:
+        pickle.dump(batch, handle, protocol=2)
+
+
+@pytest.mark.parametrize(
+    ("labels", "found"),
+    [
+        ([2**70] * 4, "holds 1180591620717411303424"),  # np.asarray raised OverflowError
+        ([1.7] * 4, "holds 1.7 at index 0"),  # was truncated to class 1
+        ([0, 1, True, 3], "holds True at index 2"),  # a bool is not a label
+        ([0, 1, 2, 10], "holds 10 at index 3"),
+        ([-1, 1, 2, 3], "holds -1 at index 0"),
+        ([10**5000] * 4, "holds an integer of 16610 bits"),  # too long to print at all
+        (np.full(4, 1.0), "is a float64 array"),
+        ("0123", "is a str"),
+    ],
+)
+def test_cifar10_labels_must_be_integers_0_to_9(
+    tmp_path: Path, labels: object, found: str
+) -> None:
+    folder = make_cifar(tmp_path, n=4)
+    _set_cifar_labels(folder, labels)
+    with pytest.raises(TaskError) as info:
+        load_task(f"cifar10:{folder}")
+    message = str(info.value)
+    assert "data_batch_2" in message and "b'labels'" in message and found in message
+    assert "0..9" in message
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, np.int32])
+def test_cifar10_integer_array_labels_still_load(tmp_path: Path, dtype: type) -> None:
+    folder = make_cifar(tmp_path, n=4)
+    labels = np.array([9, 0, 3, 7], dtype=dtype)
+    _set_cifar_labels(folder, labels, name="test_batch")
+    data = load_task(f"cifar10:{folder}", seed=0)
+    assert data.y_test.dtype == np.int64 and data.y_test.tolist() == [9, 0, 3, 7]
+    _set_cifar_labels(folder, np.array([1, 2, 3, 12], dtype=dtype), name="test_batch")
+    with pytest.raises(TaskError, match=r"test_batch.*holds 12"):
+        load_task(f"cifar10:{folder}")
+
+
 # --------------------------------------------------------------------------- California
 
 
@@ -616,6 +662,98 @@ def test_csv_errors(tmp_path: Path) -> None:
     tiny.write_text("a,b\n1,0\n2,1\n")
     with pytest.raises(TaskError, match="at least"):
         load_task(f"csv:{tiny}?target=b")
+
+
+def test_csv_value_beyond_float32_is_refused(tmp_path: Path) -> None:
+    """1e308 is finite in float64 but inf in float32: it used to train on NaN features."""
+    path = make_csv(tmp_path / "t.csv", n=50)
+    lines = path.read_text().splitlines()
+    cells = lines[4].split(",")
+    cells[1] = "1e308"
+    lines[4] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning on the way to the refusal
+        with pytest.raises(TaskError) as info:
+            load_task(f"csv:{path}?target=label")
+    message = str(info.value)
+    assert "'a'" in message and "line 5" in message and "1e308" in message
+    assert "float32" in message
+    # The target is checked the same way (regression uses its values).
+    target = np.r_[np.linspace(0.0, 1.0, 49), -1e300]
+    path = make_csv(tmp_path / "r.csv", n=50, target_values=target)
+    with pytest.raises(TaskError) as info:
+        load_task(f"csv:{path}?target=label")
+    message = str(info.value)
+    assert "'label'" in message and "line 51" in message and "-1e+300" in message
+
+
+def test_california_value_beyond_float32_is_refused(tmp_path: Path) -> None:
+    lines = make_california(tmp_path / "h.csv", n=20).read_text().splitlines()
+    cells = lines[3].split(",")
+    cells[8] = "-5e38"  # median_house_value, the target
+    lines[3] = ",".join(cells)
+    bad = tmp_path / "h2.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TaskError, match=r"'median_house_value'.*'-5e38' on line 4"):
+        load_task(f"california:{bad}")
+
+
+def test_csv_non_finite_after_standardization_is_refused(tmp_path: Path) -> None:
+    """Values within float32 whose standardized form is not (inf in float32) are refused."""
+    path = tmp_path / "spread.csv"
+    rows = "".join(f"{'-3e38' if i == 7 else '3e38'},{i},{i * 0.5}\n" for i in range(50))
+    path.write_text("a,b,y\n" + rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for seed in range(3):  # the outlier lands in a different split per seed
+            with pytest.raises(TaskError) as info:
+                load_task(f"csv:{path}?target=y", seed=seed)
+            message = str(info.value)
+            assert "column 'a'" in message and "line 9" in message and "-3e+38" in message
+    # A regression target with a tiny training std and a huge held-out value.
+    path = tmp_path / "target.csv"
+    rows = "".join(f"{i},{1e30 if i == 3 else 1 + (i % 2) * 1e-10}\n" for i in range(50))
+    path.write_text("a,y\n" + rows)
+    refused = 0
+    for seed in range(6):
+        try:
+            data = load_task(f"csv:{path}?target=y", seed=seed)
+        except TaskError as exc:
+            assert "target 'y'" in str(exc) and "line 5" in str(exc) and "1e+30" in str(exc)
+            refused += 1
+        else:
+            assert_well_formed(data)
+            assert all(np.isfinite(a).all() for a in all_arrays(data))
+    assert refused  # the outlier is held out for some seed
+
+
+@pytest.mark.parametrize("spec", ["csv:{}?target=y", "csv:{}?target=y&kind=regression"])
+def test_csv_every_row_dropped_says_so(tmp_path: Path, spec: str) -> None:
+    """It used to report the target's '0 distinct value(s)' instead of the dropped rows."""
+    path = tmp_path / "holes.csv"
+    path.write_text("a,b,y\n" + "".join(f"{i},,{i % 2}\n" for i in range(30)))
+    with pytest.raises(TaskError) as info:
+        load_task(spec.format(path))
+    message = str(info.value)
+    assert "30 of them were dropped for a missing or empty cell" in message
+    assert "leaving none" in message and "column 'b' on line 2" in message
+    assert "distinct" not in message
+    # Too few left is named the same way.
+    path.write_text(
+        "a,b,y\n" + "".join(f"{i},{'NA' if i > 4 else i},{i % 2}\n" for i in range(30))
+    )
+    with pytest.raises(TaskError, match=r"25 of them were dropped.*line 7\), leaving 5"):
+        load_task(spec.format(path))
+
+
+def test_california_every_row_dropped_says_so(tmp_path: Path) -> None:
+    lines = make_california(tmp_path / "h.csv", n=20).read_text().splitlines()
+    emptied = [lines[0]] + [",".join(["", *line.split(",")[1:]]) for line in lines[1:]]
+    bad = tmp_path / "h2.csv"
+    bad.write_text("\n".join(emptied) + "\n")
+    with pytest.raises(TaskError, match=r"20 of them were dropped.*'longitude' on line 2"):
+        load_task(f"california:{bad}")
 
 
 def test_csv_cache_sees_an_edited_file(tmp_path: Path) -> None:

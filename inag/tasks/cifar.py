@@ -106,6 +106,45 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return found
 
 
+def _cifar_labels(labels: Any, path: Path, expected: str) -> np.ndarray:
+    """The labels as int64, refusing anything but integers 0..9 one by one.
+
+    ``np.asarray(labels, dtype=np.int64)`` would truncate floats (1.7 -> 1), take bools as 0/1
+    and raise OverflowError on huge ints, so each value is checked before conversion.
+    """
+    if isinstance(labels, np.ndarray):  # real batches hold a list; accept an integer array too
+        if labels.dtype.kind not in "iu":
+            raise TaskError(
+                f"cifar10: {str(path)!r} b'labels' is a {labels.dtype} array, not integers; "
+                f"expected {expected}"
+            )
+        bad = np.flatnonzero((labels < 0) | (labels > 9))
+        if bad.size:
+            first = labels.reshape(-1)[bad[0]]
+            raise TaskError(
+                f"cifar10: {str(path)!r} b'labels' holds {int(first)} (element {int(bad[0])}), "
+                f"outside 0..9; expected {expected}"
+            )
+        return labels.astype(np.int64)
+    if not isinstance(labels, list | tuple):
+        raise TaskError(
+            f"cifar10: {str(path)!r} b'labels' is a {type(labels).__name__}, not a list of "
+            f"integers; expected {expected}"
+        )
+    for i, value in enumerate(labels):
+        integer = isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+        if not integer or not 0 <= value <= 9:
+            what = "outside 0..9" if integer else f"a {type(value).__name__}, not an integer"
+            # repr of a huge int is slow and refused past 4300 digits
+            big = isinstance(value, int) and value.bit_length() > 1000
+            shown = f"an integer of {value.bit_length()} bits" if big else _brief(value)
+            raise TaskError(
+                f"cifar10: {str(path)!r} b'labels' holds {shown} at index {i} ({what}); "
+                f"expected {expected}"
+            )
+    return np.array(labels, dtype=np.int64)
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     from inag.safe_io import InputError, read_bytes
@@ -151,19 +190,12 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise TaskError(
             f"cifar10: {str(path)!r} b'data' has {data.shape[1]} columns; expected {expected}"
         )
-    try:
-        label_arr = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise TaskError(
-            f"cifar10: {str(path)!r} b'labels' is not a list of integers; expected {expected}"
-        ) from None
+    label_arr = _cifar_labels(labels, path, expected)
     if label_arr.shape != (data.shape[0],):
         raise TaskError(
             f"cifar10: {str(path)!r} has {data.shape[0]} images but labels shaped "
             f"{label_arr.shape}; expected {expected}"
         )
-    if label_arr.size and (label_arr.min() < 0 or label_arr.max() > 9):
-        raise TaskError(f"cifar10: {str(path)!r} has labels outside 0..9; expected {expected}")
     return data, label_arr
 
 

@@ -83,6 +83,7 @@ MIN_ROWS = 10
 _CACHE_SIZE = 4
 _CHUNK_ROWS = 4096
 MAX_CSV_BYTES = 1 << 30  # California housing is 1.4 MB
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # the networks train in float32
 _MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 
 
@@ -147,11 +148,13 @@ class _Raw:
     y_test: np.ndarray | None = None
     n_val: int | None = None  # fixed validation size (the rows right after the training rows)
     x_scale: float = 1.0  # raw-to-model unit factor (1/255 for image pixels)
+    row_lines: tuple[int, ...] | None = None  # source line of each row of ``x`` (CSV tasks)
 
 
 def _finalize(raw: _Raw, seed: int, max_train: int | None) -> TaskData:
     rng = np.random.default_rng(seed)
     n = raw.x.shape[0]
+    test_idx: np.ndarray | None = None  # set when the test rows are cut from raw.x
     if raw.n_val is not None:  # synthetic: rows already random and laid out train|val|test
         n_train = n - raw.n_val
         train_idx, val_idx = np.arange(n_train), np.arange(n_train, n)
@@ -194,9 +197,10 @@ def _finalize(raw: _Raw, seed: int, max_train: int | None) -> TaskData:
     std32 = std_raw.astype(np.float32).reshape(shape)
 
     def standardize_x(x: np.ndarray) -> np.ndarray:
-        out = x.astype(np.float32)  # always a copy
-        out -= mean32
-        out /= std32
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused after
+            out = x.astype(np.float32)  # always a copy
+            out -= mean32
+            out /= std32
         return out.reshape((x.shape[0], *raw.input_shape))
 
     meta = dict(raw.meta)
@@ -219,7 +223,8 @@ def _finalize(raw: _Raw, seed: int, max_train: int | None) -> TaskData:
         meta.update(y_mean=y_mean, y_std=y_std)
 
         def standardize_y(y: np.ndarray) -> np.ndarray:
-            return ((y.astype(np.float64) - y_mean) / y_std).astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused after
+                return ((y.astype(np.float64) - y_mean) / y_std).astype(np.float32)
 
     else:
 
@@ -234,6 +239,15 @@ def _finalize(raw: _Raw, seed: int, max_train: int | None) -> TaskData:
         "x_test": standardize_x(x_test),
         "y_test": standardize_y(y_test),
     }
+    # which rows of which array each split came from, to name a bad value's source row
+    from_raw = test_idx is not None
+    test_rows = test_idx if test_idx is not None else np.arange(len(x_test))
+    sources = {"train": (train_idx, True), "val": (val_idx, True), "test": (test_rows, from_raw)}
+    for part, (rows, in_raw) in sources.items():
+        raw_x, raw_y = (raw.x, raw.y) if in_raw else (x_test, y_test)
+        _refuse_non_finite(raw, part, arrays[f"x_{part}"], raw_x, rows, in_raw, False)
+        if raw.kind == "regression":
+            _refuse_non_finite(raw, part, arrays[f"y_{part}"], raw_y, rows, in_raw, True)
     for arr in arrays.values():
         arr.setflags(write=False)
     return TaskData(
@@ -243,6 +257,47 @@ def _finalize(raw: _Raw, seed: int, max_train: int | None) -> TaskData:
         output_size=raw.output_size,
         meta=meta,
         **arrays,
+    )
+
+
+def _refuse_non_finite(
+    raw: _Raw,
+    split: str,
+    out: np.ndarray,
+    source: np.ndarray,
+    rows: np.ndarray,
+    in_raw: bool,
+    target: bool,
+) -> None:
+    """Refuses a split whose standardized values are not finite in float32.
+
+    Values within float32 can still overflow after centring and scaling (a huge outlier in the
+    validation rows against a tiny training std); training on inf/NaN would silently give junk.
+    """
+    if not out.size or (np.isfinite(out.min()) and np.isfinite(out.max())):  # NaN propagates
+        return
+    flat = out.reshape(out.shape[0], -1)
+    bad = np.argwhere(~np.isfinite(flat))
+    r, c = (int(v) for v in bad[0])
+    source_row = int(rows[r])
+    if in_raw and raw.row_lines is not None:
+        where = f"line {raw.row_lines[source_row]}"
+    elif in_raw:
+        where = f"row {source_row + 1}"
+    else:
+        where = f"{split} row {r + 1}"
+    names = raw.meta.get("feature_names")
+    if target:
+        column = f"target {raw.meta.get('target', 'y')!r}"
+        value = float(np.asarray(source)[source_row])
+    else:
+        column = f"column {names[c]!r}" if names and c < len(names) else f"feature {c + 1}"
+        value = float(np.asarray(source).reshape(len(source), -1)[source_row, c])
+    source_name = f" of {str(raw.meta['source'])!r}" if "source" in raw.meta else ""
+    raise TaskError(
+        f"{raw.name}: {column}{source_name} holds {value:.6g} on {where} ({split} split), which "
+        "is not finite in float32 after standardizing with the training rows' mean and std; "
+        "expected values whose spread fits float32 (rescale that column)"
     )
 
 

@@ -13,9 +13,11 @@ import numpy as np
 
 from inag.tasks import TaskLoader, register_task
 from inag.tasks.core import (
+    _FLOAT32_MAX,
     _MISSING_TOKENS,
     MAX_CSV_BYTES,
     MAX_INFERRED_CLASSES,
+    MIN_ROWS,
     TaskError,
     TaskKind,
     _Raw,
@@ -24,8 +26,10 @@ from inag.tasks.core import (
 # ----- CSV tasks
 
 
-def _read_csv(path_text: str, task: str, expected: str) -> tuple[Path, list[str], list[list[str]]]:
-    """Header and rows (with 1-based line numbers checked for ragged rows)."""
+def _read_csv(
+    path_text: str, task: str, expected: str
+) -> tuple[Path, list[str], list[list[str]], list[int]]:
+    """Header, rows and each row's 1-based line number (for ragged rows and bad values)."""
     path = Path(path_text).expanduser()
     if not path.exists():
         raise TaskError(f"{task}: the file {str(path)!r} does not exist; expected {expected}")
@@ -49,7 +53,7 @@ def _read_csv(path_text: str, task: str, expected: str) -> tuple[Path, list[str]
     duplicates = sorted({c for c in header if header.count(c) > 1})
     if duplicates:
         raise TaskError(f"{task}: {str(path)!r} repeats header column(s) {duplicates}")
-    rows = []
+    rows, row_lines = [], []
     for line, row in nonblank[1:]:
         if len(row) != len(header):
             raise TaskError(
@@ -57,15 +61,65 @@ def _read_csv(path_text: str, task: str, expected: str) -> tuple[Path, list[str]
                 f"{len(header)} columns"
             )
         rows.append([c.strip() for c in row])
-    return path, header, rows
+        row_lines.append(line)
+    return path, header, rows, row_lines
 
 
 def _is_missing(cell: str) -> bool:
     return cell.lower() in _MISSING_TOKENS
 
 
+def _drop_missing(
+    task: str,
+    path: Path,
+    header: Sequence[str],
+    rows: list[list[str]],
+    lines: list[int],
+    used: Sequence[int],
+) -> tuple[list[list[str]], list[int]]:
+    """Rows with no missing cell in ``used``; refuses a file left with too few to split.
+
+    Without this check a file whose every row has an empty cell would surface later as a
+    misleading "0 distinct values" or "found 0 rows" error.
+    """
+    keep = [i for i, row in enumerate(rows) if not any(_is_missing(row[c]) for c in used)]
+    if len(keep) >= MIN_ROWS:
+        return [rows[i] for i in keep], [lines[i] for i in keep]
+    dropped = len(rows) - len(keep)
+    found = f"{str(path)!r} has {len(rows)} data row(s)"
+    if dropped:
+        kept = set(keep)
+        first = next(i for i in range(len(rows)) if i not in kept)
+        col = next(c for c in used if _is_missing(rows[first][c]))
+        tokens = ", ".join(repr(t) for t in sorted(_MISSING_TOKENS))
+        found += (
+            f"; {dropped} of them were dropped for a missing or empty cell (one of {tokens}; "
+            f"the first is column {header[col]!r} on line {lines[first]}), leaving "
+            f"{len(keep) or 'none'}"
+        )
+    raise TaskError(
+        f"{task}: {found}; need at least {MIN_ROWS} rows with every used cell filled in for "
+        "train/val/test splits"
+    )
+
+
+def _check_float32(value: float, cell: str, column: str, line: int, path: Path, task: str) -> None:
+    """Refuses a value float64 holds but the float32 the networks train in does not."""
+    if abs(value) > _FLOAT32_MAX:
+        raise TaskError(
+            f"{task}: column {column!r} of {str(path)!r} holds {cell!r} on line {line}; "
+            f"expected a magnitude of at most {_FLOAT32_MAX:.4g} (training runs in float32)"
+        )
+
+
 def _parse_numeric_column(
-    rows: Sequence[Sequence[str]], col: int, column: str, path: Path, task: str, hint: str
+    rows: Sequence[Sequence[str]],
+    lines: Sequence[int],
+    col: int,
+    column: str,
+    path: Path,
+    task: str,
+    hint: str,
 ) -> np.ndarray:
     out = np.empty(len(rows), dtype=np.float64)
     for i, row in enumerate(rows):
@@ -74,12 +128,14 @@ def _parse_numeric_column(
         except ValueError:
             raise TaskError(
                 f"{task}: column {column!r} of {str(path)!r} must be numeric but holds "
-                f"{row[col]!r}; {hint}"
+                f"{row[col]!r} on line {lines[i]}; {hint}"
             ) from None
         if not math.isfinite(value):
             raise TaskError(
-                f"{task}: column {column!r} of {str(path)!r} holds {row[col]!r}; {hint}"
+                f"{task}: column {column!r} of {str(path)!r} holds {row[col]!r} on line "
+                f"{lines[i]}; {hint}"
             )
+        _check_float32(value, row[col], column, lines[i], path, task)
         out[i] = value
     return out
 
@@ -106,7 +162,7 @@ def _load_california(arg: str | None, seed: int) -> _Raw:
     assert arg is not None
     columns = CALIFORNIA_COLUMNS
     expected = f"the California housing CSV with header {','.join(columns)}"
-    path, header, rows = _read_csv(arg, "california", expected)
+    path, header, rows, lines = _read_csv(arg, "california", expected)
     missing_cols = [c for c in columns if c not in header]
     if missing_cols:
         raise TaskError(
@@ -115,12 +171,12 @@ def _load_california(arg: str | None, seed: int) -> _Raw:
         )
     idx = {c: header.index(c) for c in columns}
     used = [idx[c] for c in columns]
-    kept = [row for row in rows if not any(_is_missing(row[i]) for i in used)]
+    kept, kept_lines = _drop_missing("california", path, header, rows, lines, used)
     hint = "expected a number in every numeric column"
     x_num = (
         np.stack(
             [
-                _parse_numeric_column(kept, idx[c], c, path, "california", hint)
+                _parse_numeric_column(kept, kept_lines, idx[c], c, path, "california", hint)
                 for c in _CALIFORNIA_NUMERIC
             ],
             axis=1,
@@ -129,7 +185,7 @@ def _load_california(arg: str | None, seed: int) -> _Raw:
         else np.zeros((0, len(_CALIFORNIA_NUMERIC)))
     )
     y = _parse_numeric_column(
-        kept, idx[_CALIFORNIA_TARGET], _CALIFORNIA_TARGET, path, "california", hint
+        kept, kept_lines, idx[_CALIFORNIA_TARGET], _CALIFORNIA_TARGET, path, "california", hint
     )
     one_hot = np.zeros((len(kept), len(CALIFORNIA_CATEGORIES)))
     for i, row in enumerate(kept):
@@ -158,6 +214,7 @@ def _load_california(arg: str | None, seed: int) -> _Raw:
             "rows_read": len(rows),
             "rows_dropped_missing": len(rows) - len(kept),
         },
+        row_lines=tuple(kept_lines),
     )
 
 
@@ -185,20 +242,23 @@ def _load_csv(arg: str | None, seed: int) -> _Raw:
     if kind_opt is not None and kind_opt not in ("regression", "classification"):
         raise TaskError(f"csv: kind must be regression or classification, found {kind_opt!r}")
     expected = "a CSV file with a header row and numeric feature columns"
-    path, header, rows = _read_csv(path_text, "csv", expected)
+    path, header, rows, lines = _read_csv(path_text, "csv", expected)
     if target not in header:
         raise TaskError(f"csv: {str(path)!r} has no column {target!r}; its columns are {header}")
     if len(header) < 2:
         raise TaskError(
             f"csv: {str(path)!r} has only the target column; no features to learn from"
         )
-    kept = [row for row in rows if not any(_is_missing(c) for c in row)]
+    kept, kept_lines = _drop_missing("csv", path, header, rows, lines, range(len(header)))
     t_col = header.index(target)
     features = [c for c in header if c != target]
     hint = "only numeric feature columns are supported (encode categories as numbers first)"
     x = (
         np.stack(
-            [_parse_numeric_column(kept, header.index(c), c, path, "csv", hint) for c in features],
+            [
+                _parse_numeric_column(kept, kept_lines, header.index(c), c, path, "csv", hint)
+                for c in features
+            ],
             axis=1,
         )
         if kept
@@ -241,6 +301,8 @@ def _load_csv(arg: str | None, seed: int) -> _Raw:
             raise TaskError(
                 f"csv: target {target!r} of {str(path)!r} must be numeric for regression"
             )
+        for value, cell, line in zip(numeric.tolist(), raw_target, kept_lines, strict=True):
+            _check_float32(value, cell, target, line, path, "csv")
         y = numeric
         output_size = 1
     else:
@@ -269,6 +331,7 @@ def _load_csv(arg: str | None, seed: int) -> _Raw:
         x=x,
         y=y,
         meta=meta,
+        row_lines=tuple(kept_lines),
     )
 
 
