@@ -36,7 +36,17 @@ class CostResult:
     reference: dict[str, np.ndarray] = field(repr=False)  # role -> (N,) largest-arch value
 
     def normalized(self, role: str) -> np.ndarray:
-        return self.totals[role] / self.reference[role]
+        """Totals divided by the largest architecture's, defined for a zero reference too.
+
+        A model that costs nothing (a platform with ``e_mac_pj: {8: 0}``) has a zero
+        reference: 0/0 is 0 (costs nothing, like the largest arch) and x/0 with x > 0 is inf
+        (costs more than the reference), so limits and records never see a NaN or a warning.
+        A missing reference (NaN, no ``reference`` given to the coster) stays NaN.
+        """
+        totals, ref = self.totals[role], self.reference[role]
+        out = np.where(totals == 0, 0.0, np.inf)
+        np.divide(totals, ref, out=out, where=ref != 0)
+        return out
 
     def value(self, limit: str) -> np.ndarray:
         role, which = LIMITS[limit]

@@ -4,6 +4,7 @@ ranking and ties."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -388,3 +389,126 @@ def test_cli_select_verify_writes_measured_performance(tiny_model_path: Path, tm
     assert main([*args, "-n", str(N), "--verify", "3", "--top", "5", "--json", str(out)]) == 0
     picks = json.loads(out.read_text())["platforms"][0]["selected"]
     assert [p["measured_perf"] is not None for p in picks] == [True] * 3 + [False] * 2
+
+
+# ---------------------------------------------------------------------------- hostile input
+def costed_platform_yaml(tmp_path: Path, name: str, role: str, param: str, value: Any) -> Path:
+    """The bundled cortex_m.yaml with one cost-model parameter replaced (``value`` is the
+    parameter's whole entry: a Sourced figure or a table of them)."""
+    data = yaml.safe_load(BUNDLED.read_text())
+    data["name"] = name
+    data["cost_models"][role]["params"][param] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def sourced(value: float) -> dict[str, Any]:
+    return {"value": value, "source": "a hostile-input test", "kind": "guess"}
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--max-sram-kb", "0"),
+        ("--max-storage-kb", "-8"),
+        ("--max-energy", "nan"),
+        ("--max-latency-ms", "inf"),
+        ("--max-storage", "0"),
+        ("--max-storage-kb", "1e306"),  # finite in KB, inf once scaled to bits
+    ],
+)
+def test_cli_select_rejects_unusable_limits(
+    tiny_model_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    """A limit of 0 once crashed the miss report (division by zero), a negative one ran every
+    re-conditioning try before failing, NaN failed silently and inf was no limit: each is a
+    usage error naming the option, what it expects and what it found."""
+    from inag.cli import main
+
+    args = ["select", "--model", str(tiny_model_path), "-p", str(BUNDLED), "-n", "8"]
+    assert main([*args, "--verify", "0", "--refine", "0", option, value]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert option in err and "finite number > 0" in err
+    assert f"found {float(value):g}" in err
+
+
+def test_library_rejects_unusable_overrides(tiny_model: Nagan) -> None:
+    p = load_platform("cortex_m")
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(SelectionError, match="max_sram_bytes: expected a finite number > 0"):
+            select(tiny_model, [p], 0.8, n=50, overrides={"max_sram_bytes": bad})
+
+
+def test_miss_report_survives_a_zero_limit_and_huge_ratios(tiny_model: Nagan) -> None:
+    """The stage's miss text divides by nothing and stays short at any scale."""
+    from inag.select import LimitStage, over_text
+
+    p = load_platform("cortex_m")
+    bag = make_bag(coster(p), generate_bag(tiny_model, 0.5, 200, 0))
+    removed = np.ones(len(bag.archs), dtype=bool)
+    zero = LimitStage("memory fit", {"max_sram_bytes": 0.0})
+    assert not zero.keep(bag).any()
+    assert "limit 0 (a limit that is not > 0 admits nothing)" in zero.miss(bag, removed)
+    assert over_text(1.5, 1.0) == "50.0 % over"
+    assert over_text(150.0, 1.0) == "150× the limit, 1.49e+04 % over"
+    assert over_text(1.563e300, 0.1) == "1.56e+301× the limit, 1.56e+303 % over"
+    assert over_text(1e308, 1e-10) == "far over: the ratio overflows a float"
+    assert over_text(float("nan"), 1.0) == "not comparable"
+
+
+def test_absurd_platform_overhead_gives_a_short_miss_report(
+    tiny_model: Nagan, tmp_path: Path
+) -> None:
+    """Overhead cycles of 1e308 once printed a ~300-digit percentage over the latency limit."""
+    path = costed_platform_yaml(
+        tmp_path, "huge", "latency", "overhead_cycles_per_inference", sourced(1e308)
+    )
+    with pytest.raises(SelectionError) as err:
+        select(tiny_model, [load_platform(path)], 0.8, n=50, floor=0.75)
+    msg = str(err.value)
+    assert "max_latency_s: best" in msg and "× the limit" in msg
+    assert re.search(r"\d{12}", msg) is None, msg
+
+
+def test_zero_energy_platform_normalizes_to_zero(
+    tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``e_mac_pj: {8: 0}`` (allowed: >= 0) makes the largest arch's energy 0: normalized
+    energy is 0, not NaN with a RuntimeWarning, so --max-energy and --rank-by energy work and
+    the picks are the same every run."""
+    import json
+    import warnings
+
+    from inag.cli import main
+
+    path = costed_platform_yaml(tmp_path, "free", "energy", "e_mac_pj", {8: sourced(0.0)})
+    base = ["select", "--model", str(tiny_model_path), "-p", str(path), "-n", "64"]
+    base += ["--verify", "0", "--refine", "0", "--condition", "0.8", "--threshold", "0.2"]
+    base += ["--rank-by", "energy", "--max-energy", "0.5"]
+    picks = []
+    for k in range(2):
+        out = tmp_path / f"sel{k}.json"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert main([*base, "--json", str(out)]) == 0
+        picks.append(json.loads(out.read_text())["selected"])
+    assert picks[0] and picks[0] == picks[1]
+    assert all(r["energy_j"] == 0.0 and r["energy_norm"] == 0.0 for r in picks[0])
+    assert " nan" not in capsys.readouterr().out
+
+
+def test_normalized_is_defined_for_a_zero_reference() -> None:
+    """0/0 -> 0, x/0 -> inf (costs more than the reference), a missing reference stays NaN;
+    no RuntimeWarning either way."""
+    import warnings
+
+    from hwmodels.costing import CostResult
+
+    totals = np.array([0.0, 2.0, 3.0, 1.0])
+    reference = np.array([0.0, 0.0, 6.0, np.nan])
+    res = CostResult("p", (), None, {}, {"energy": totals}, {"energy": reference})  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = res.normalized("energy")
+    np.testing.assert_array_equal(got, [0.0, np.inf, 0.5, np.nan])

@@ -5,6 +5,7 @@ same way everywhere."""
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -87,7 +88,35 @@ def limit_overrides(limits: Mapping[str, float | None]) -> dict[str, float]:
     unknown = sorted(set(limits) - set(OPTIONS))
     if unknown:
         raise TypeError(f"not limit options: {unknown}; known: {list(OPTIONS)}")
+    for name, value in limits.items():
+        if value is not None:
+            check_limit_option(name, value)
     return overrides(**limits)
+
+
+def check_limit_option(name: str, value: float) -> None:
+    """Raise :class:`CliError` unless a limit option's value is a usable budget.
+
+    A limit of 0 or less admits nothing (and the miss report would divide by it), NaN fails
+    every comparison silently and inf is no limit, so each must be finite and > 0, and stay so
+    once scaled to the limit's unit (``--max-storage-kb 1e306`` overflows to inf in bits).
+    """
+    from hwmodels.quantities import OPTIONS, QUANTITIES
+
+    flag = "--" + name.replace("_", "-")
+    unit = next(
+        (q.option_unit for q in QUANTITIES if q.option == name),
+        "a fraction of the search space's largest architecture",
+    )
+    if not (math.isfinite(value) and value > 0):
+        raise CliError(f"{flag}: expected a finite number > 0 ({unit}), found {value:g}")
+    limit, scale = OPTIONS[name]
+    scaled = value * scale
+    if not (math.isfinite(scaled) and scaled > 0):
+        raise CliError(
+            f"{flag}: expected a finite number > 0 ({unit}) that stays finite and > 0 in "
+            f"{limit} (x {scale:g}), found {value:g} -> {scaled:g}"
+        )
 
 
 def read_arch_source(

@@ -9,6 +9,7 @@ generates a new bag (section 4.1), down to a floor.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -128,12 +129,25 @@ class LimitStage(Stage):
         for lim, mx in self.limits.items():
             v = bag.costs.value(lim)[removed]
             best = float(v.min())
-            if best > mx:
-                parts.append(
-                    f"{lim}: best {best:.4g} vs limit {mx:.4g} "
-                    f"({(best / mx - 1) * 100:.1f} % over)"
-                )
+            if not best <= mx:  # NaN too: it fails the limit, so say so
+                parts.append(f"{lim}: best {best:.4g} vs limit {mx:.4g} ({over_text(best, mx)})")
         return "; ".join(parts)
+
+
+def over_text(best: float, limit: float) -> str:
+    """How far ``best`` is over ``limit``, readable at any scale: a percentage near the limit,
+    a compact ratio far from it (an absurd platform figure once printed a 300-digit
+    percentage), and no division by a zero or negative limit."""
+    if not limit > 0:
+        return "a limit that is not > 0 admits nothing"
+    ratio = best / limit
+    if math.isnan(ratio):
+        return "not comparable"
+    if ratio < 100:
+        return f"{(ratio - 1) * 100:.1f} % over"
+    if math.isinf(ratio):
+        return "far over: the ratio overflows a float"
+    return f"{ratio:.3g}× the limit, {(ratio - 1) * 100:.3g} % over"
 
 
 def build_stages(
@@ -143,6 +157,9 @@ def build_stages(
     overrides: dict[str, float | None] | None = None,
 ) -> list[Stage]:
     """The standard pipeline for a platform, limits from its YAML plus CLI overrides."""
+    for name, v in (overrides or {}).items():
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise SelectionError(f"limit {name}: expected a finite number > 0, found {v:g}")
     limits = coster.limits(overrides)
     stages: list[Stage] = [
         ConfidenceStage(threshold),
