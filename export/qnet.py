@@ -22,6 +22,7 @@ reshape in every backend.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -212,9 +213,15 @@ class QuantizedNet:
         source = {k: meta[k] for k in ("task", "task_kind", "qat_performance") if k in meta}
         source["origin"] = "trained"
         source["net_file"] = Path(path).name
-        return QuantizedNet.from_float(
-            arch, weights, biases, tensors["act_max"], float(meta["input_scale"]), source
-        )
+        try:
+            return QuantizedNet.from_float(
+                arch, weights, biases, tensors["act_max"], float(meta["input_scale"]), source
+            )
+        except ExportError as exc:  # name the file: its input_scale or tensors made this
+            raise ExportError(
+                f"{path}: its input_scale ({meta['input_scale']}) and tensors do not make an "
+                f"integer model: {exc}"
+            ) from None
 
     @staticmethod
     def random(
@@ -391,9 +398,19 @@ def read_net_file(
             f"{where}: format is {meta.get('format')!r}, expected {NET_FORMAT!r} (a net file "
             "written by `inag train-net`)"
         )
+    stored = meta.get(HASH_KEY)
+    if stored is not None and stored != net_content_hash(tensors, meta):
+        raise ExportError(
+            f"{where}: content hash mismatch: the file changed after it was written (a flipped "
+            f"byte, an edit); its {HASH_KEY} is {stored[:16]}..., the content hashes to "
+            f"{net_content_hash(tensors, meta)[:16]}...; train it again with `inag train-net`"
+        )
     for key in ("arch", "input_scale"):
         if key not in meta:
             raise ExportError(f"{where}: metadata has no {key!r}")
+    problem = _metadata_problem(meta)
+    if problem:
+        raise ExportError(f"{where}: metadata {problem}")
     try:
         arch = ArchSpec.from_json(meta["arch"])
     except ArchError as exc:
@@ -438,6 +455,46 @@ def read_net_file(
     return arch, tensors, meta
 
 
+HASH_KEY = "content_sha256"
+
+
+def net_content_hash(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> str:
+    """SHA-256 of a net file's tensors (name, dtype, shape, bytes) and metadata (but the hash
+    itself), in sorted order: what `save_net_file` stores and `read_net_file` checks, so a
+    corrupted or edited file is refused instead of exported. Files written before the hash
+    existed have none and are read as before."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{t.dtype.str}|{t.shape}|".encode())
+        h.update(t.tobytes())
+    for key in sorted(k for k in meta if k != HASH_KEY):
+        h.update(json.dumps([key, meta[key]]).encode())
+    return h.hexdigest()
+
+
+def _metadata_problem(meta: Mapping[str, str]) -> str:
+    """What is wrong with the optional metadata a net file carries into an export's manifest
+    ("" if nothing)."""
+    if "task_kind" in meta and meta["task_kind"] not in ("regression", "classification"):
+        return f"'task_kind' must be 'regression' or 'classification', found {meta['task_kind']!r}"
+    if "qat_performance" in meta:
+        try:
+            ok = math.isfinite(float(meta["qat_performance"]))
+        except ValueError:
+            ok = False
+        if not ok:
+            return f"'qat_performance' must be a finite number, found {meta['qat_performance']!r}"
+    if "trainer" in meta:
+        try:
+            ok = isinstance(json.loads(meta["trainer"]), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            return f"'trainer' must be a JSON object of settings, found {meta['trainer'][:60]!r}"
+    return ""
+
+
 def _read_metadata(data: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors buffer (the numpy API does not return it)."""
     if len(data) < 8:
@@ -461,8 +518,11 @@ def save_net_file(
 
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    meta = {k: v for k, v in meta.items() if k != HASH_KEY}
+    meta[HASH_KEY] = net_content_hash(arrays, meta)
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), dict(meta))
+        save_file(arrays, str(tmp), meta)
         os.replace(tmp, p)
     except (OSError, SafetensorError) as exc:
         with contextlib.suppress(OSError):

@@ -346,3 +346,14 @@ def test_train_net_refuses_a_net_too_large_to_train(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "too large to train here" in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("arg", "expect"),
+    [("[1,2]", "is JSON but not an object"), ("null", "is JSON but not an object"),
+     ("", "the architecture argument is empty")],
+)  # fmt: skip
+def test_train_net_names_an_arch_argument_that_is_no_architecture(tmp_path, capsys, arg, expect):
+    out = tmp_path / "n.safetensors"
+    assert main(["train-net", arg, "--task", "data_a", "--out", str(out)]) == 2
+    assert expect in capsys.readouterr().err

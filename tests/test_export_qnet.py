@@ -201,6 +201,9 @@ def test_corrupt_and_truncated_files(tmp_path):
         (lambda t, m: t.update({"unit0.weight": np.zeros((3, 8), np.float64)}), "float32"),
         (lambda t, m: t["unit2.weight"].__setitem__((0, 0), np.nan), "NaN"),
         (lambda t, m: t.update(act_max=-np.ones(2, np.float32)), "act_max"),
+        (lambda t, m: m.update(qat_performance="abc"), "'qat_performance' must be a finite"),
+        (lambda t, m: m.update(task_kind="weird"), "'task_kind' must be 'regression'"),
+        (lambda t, m: m.update(trainer="{{"), "'trainer' must be a JSON object"),
     ],
 )
 def test_bad_contents_give_clear_errors(edit, match, tmp_path):
@@ -232,3 +235,33 @@ def test_records_are_json_ready():
     recs = json.loads(json.dumps(net.records()))
     assert [r["bits"] for r in recs] == net.bits
     assert recs[0]["pool"] == 2 and recs[0]["stride"] == 2 and recs[-1]["head"]
+
+
+def test_a_changed_byte_is_caught_by_the_content_hash(tmp_path):
+    """A flipped weight byte still makes a valid-looking net (it exported "bit-exact" before):
+    the hash save_net_file stores refuses it; a file without a hash (older) still loads."""
+    from safetensors.numpy import save_file
+
+    from export.qnet import HASH_KEY
+
+    tensors, meta = float_net(mlp())
+    path = write(tmp_path, tensors, meta)
+    QuantizedNet.load(path)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # a byte of the last tensor's data
+    bad = tmp_path / "flipped.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="content hash mismatch"):
+        QuantizedNet.load(bad)
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), {k: v for k, v in meta.items() if k != HASH_KEY})
+    assert QuantizedNet.load(old).arch == QuantizedNet.load(path).arch
+
+
+def test_an_input_scale_that_makes_no_integer_model_names_the_file(tmp_path):
+    tensors, meta = float_net(mlp())
+    meta["input_scale"] = "1e300"
+    path = write(tmp_path, tensors, meta)
+    with pytest.raises(ExportError, match=r"input_scale \(1e300\)") as exc:
+        QuantizedNet.load(path)
+    assert str(path) in str(exc.value)

@@ -231,15 +231,16 @@ def export_cmd(
     targets = available_targets()
     if target not in targets:
         raise _err(f"--target: {target!r} is not a target; choose one of {', '.join(targets)}")
+    given = "--arch"
     if net is not None and _SELECT_RE.match(net) and arch is None:
-        arch, net = net, None
+        arch, net, given = net, None, f"--net {net} (a selection's architecture, trained first)"
     if (net is None) == (arch is None):
         raise _err("give exactly one of --net (a net file) and --arch (train first)")
     plat = load_platform(platform)
     extra: dict[str, Path] = {}
     if arch is not None:
         if task is None:
-            raise _err("--arch needs --task (the task to train it on)")
+            raise _err(f"{given} needs --task (the task to train it on)")
         a = read_arch(arch)
         out_dir = prepare_out_dir(out)
         net_path = out_dir / f"inag_{a.arch_id}.safetensors"

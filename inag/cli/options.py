@@ -140,6 +140,15 @@ def read_arch_source(
             where = "stdin"
         elif source.lstrip().startswith("{"):
             text, where = source, "the argument"
+        elif not source.strip():
+            raise fail(f"the architecture argument is empty (expected {accepted})")
+        elif not Path(source).exists() and (
+            source.lstrip()[:1] in '["' or source.strip() in ("null", "true", "false")
+        ):
+            raise fail(
+                f"the argument {source[:60]!r} is JSON but not an object; an inline "
+                f'architecture is a JSON object ({{"kind": ...}}); expected {accepted}'
+            )
         else:
             path = Path(source)
             if not path.exists():
