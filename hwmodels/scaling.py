@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from inag.arch import MAX_BITS, MIN_BITS
+
 LAWS: dict[str, float] = {"quadratic": 2.0, "linear": 1.0, "inverse_quadratic": -2.0}
 SCALING_LAWS = ("flat_container", *LAWS)
 
@@ -43,12 +45,15 @@ def per_width(table: Mapping[int, float], law: str, container: Callable[[int], i
         raise ValueError("a scaling table needs at least one anchor width")
     anchors = sorted(table)
     if law == "flat_container":  # a container the table lacks would silently take a neighbour
-        missing = sorted({container(b) for b in range(1, 33)} - set(table))
-        missing = [c for c in missing if c <= max(anchors)]
+        # every container a network's weights or inputs can live in (the 8-bit input too),
+        # not only those up to the table's widest entry: {3: x} must not price 8-bit MACs
+        needed = sorted({container(b) for b in range(MIN_BITS, MAX_BITS + 1)})
+        missing = [c for c in needed if c not in table]
         if missing:
             raise ValueError(
-                f"scaling flat_container needs an entry for every container width up to "
-                f"{max(anchors)}; missing {missing} (table has {anchors})"
+                f"scaling flat_container needs an entry for every container width a network "
+                f"uses ({MIN_BITS}..{MAX_BITS}-bit values live in {needed}); missing {missing} "
+                f"(table has {anchors})"
             )
     out = np.zeros(33, dtype=np.float64)
     for b in range(1, 33):

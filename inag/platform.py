@@ -9,6 +9,8 @@ and the replacement stays auditable. Adding a target is writing such a file; no 
 
 from __future__ import annotations
 
+import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -46,13 +49,12 @@ class Sourced(_Strict):
     source: str = Field(min_length=3)
     kind: SourceKind = "datasheet"
 
+    # Messages say what is expected; format_validation_error adds what was found, once.
     @field_validator("value")
     @classmethod
     def _finite_non_negative(cls, v: float) -> float:
-        if v != v or v in (float("inf"), float("-inf")):
-            raise ValueError("must be a finite number")
-        if v < 0:
-            raise ValueError(f"must be >= 0, found {v}")
+        if not math.isfinite(v) or v < 0:
+            raise ValueError("must be a finite number >= 0")
         return v
 
 
@@ -60,8 +62,8 @@ class PositiveSourced(Sourced):
     @field_validator("value")
     @classmethod
     def _finite_non_negative(cls, v: float) -> float:  # overrides: strictly positive
-        if v != v or v in (float("inf"), float("-inf")) or v <= 0:
-            raise ValueError(f"must be a finite number > 0, found {v}")
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError("must be a finite number > 0")
         return v
 
 
@@ -84,8 +86,29 @@ class Numerics(_Strict):
     @classmethod
     def _bits_list(cls, v: list[int]) -> list[int]:
         if not v or any(b < 1 or b > 32 for b in v):
-            raise ValueError(f"expected a non-empty list of bit-widths in 1..32, found {v}")
+            raise ValueError("expected a non-empty list of bit-widths in 1..32")
         return sorted(set(v))
+
+    @field_validator("weight_containers", "activation_containers")
+    @classmethod
+    def _holds_every_width(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        """A value lives in the smallest container that holds it (``Platform.container``); a
+        width above every container would be costed as a container of its own that the
+        hardware does not have (and every per-bit table would be asked for it)."""
+        from inag.ir import INPUT_BITS  # lazily: the IR pulls in networkx and numpy
+
+        supported = info.data.get("supported_bits")
+        if not supported:  # invalid itself: reported on its own
+            return v
+        widest, why = max(supported), f"the widest of supported_bits {supported}"
+        if info.field_name == "activation_containers" and widest < INPUT_BITS:
+            widest, why = INPUT_BITS, f"the {INPUT_BITS}-bit network input"
+        if max(v) < widest:
+            raise ValueError(
+                f"expected a container of at least {widest} bits ({why}), so that every "
+                "value fits one"
+            )
+        return v
 
 
 class Capability(_Strict):
@@ -260,7 +283,11 @@ def bundled_names() -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
+_SAYS_FOUND = re.compile(r"\bfound\b")
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per error: the field, what was expected, and what was found (once)."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -275,6 +302,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             lines.append(f"  {loc}: unknown field (check its spelling)")
         elif not err["loc"]:  # a check across fields: its message names them
             lines.append(f"  {msg}")
+        elif _SAYS_FOUND.search(msg):  # the check already says what it found
+            lines.append(f"  {loc}: {msg}")
         else:
             lines.append(f"  {loc}: {msg}; found {found_s}")
     return f"{source}: invalid platform descriptor:\n" + "\n".join(lines)

@@ -153,6 +153,58 @@ def test_negative_clock(tmp_path):
     assert "-64000000.0" in msg
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "expected", "found"),
+    [
+        (("capability", "clock_hz", "value"), 0, "finite number > 0", "found 0"),
+        (("capability", "memories", "reserved_sram_bytes", "value"), -1, ">= 0", "found -1"),
+        (("capability", "memories", "sram_bytes", "value"), float("inf"), "finite", "found inf"),
+        (("capability", "numerics", "supported_bits"), [2, 40], "1..32", "found [2, 40]"),
+    ],
+)
+def test_a_rejected_value_is_reported_once(tmp_path, path, value, expected, found):
+    """`value: must be a finite number > 0, found 0.0; found 0` said what it found twice."""
+    data = raw("cortex_m")
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    msg = load_error(tmp_path, data)
+    line = next(x for x in msg.splitlines() if x.strip().startswith(".".join(path)))
+    assert expected in line and line.endswith(found), line
+    assert msg.count("found") == 1, msg
+
+
+@pytest.mark.parametrize(
+    ("field", "numerics", "why"),
+    [
+        ("weight_containers", {"weight_containers": [3]}, "supported_bits [2, 3, 4, 5, 6, 7, 8]"),
+        ("activation_containers", {"activation_containers": [4]}, "widest of supported_bits"),
+        (
+            "activation_containers",
+            {"supported_bits": [2, 4], "weight_containers": [4], "activation_containers": [4]},
+            "8-bit network input",
+        ),
+    ],
+)
+def test_containers_too_narrow_for_the_widths_are_named(tmp_path, field, numerics, why):
+    """`weight_containers: [3]` was reported as `e_mac_pj ... missing [3, 4, 5, 6, 7]`."""
+    data = raw("cortex_m")
+    data["capability"]["numerics"].update(numerics)
+    msg = load_error(tmp_path, data)
+    assert f"capability.numerics.{field}: expected a container of at least 8 bits" in msg
+    assert why in msg and msg.endswith(f"found {numerics[field]}"), msg
+    assert "e_mac_pj" not in msg and msg.count("found") == 1, msg
+
+
+def test_containers_wide_enough_for_the_supported_widths_load(tmp_path):
+    data = raw("cortex_m")
+    data["capability"]["numerics"].update(supported_bits=[2, 4], weight_containers=[4])
+    assert load_platform(write(tmp_path, data)).container(3, "weight") == 4
+    data["capability"]["numerics"].update(supported_bits=[2, 4, 8], weight_containers=[4, 8])
+    assert load_platform(write(tmp_path, data)).container(5, "weight") == 8
+
+
 def test_unknown_field(tmp_path):
     data = raw("cortex_m")
     data["capability"]["clock_mhz"] = 64

@@ -61,6 +61,37 @@ def test_flat_container_table_missing_a_container_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("role", "param"),
+    [("energy", "e_mac_pj"), ("latency", "macs_per_cycle"), ("latency", "conv_macs_per_cycle")],
+)
+def test_flat_container_table_without_the_container_width_is_an_error(
+    tmp_path, capsys, role, param
+):
+    """`conv_macs_per_cycle: {3: 1.0}` on 8-bit containers priced every 8-bit conv MAC at the
+    3-bit figure (cortex_m digits_cnn latency 8.47 -> 2.62 ms), silently: 3 is no container."""
+    data = _cortex_m()
+    params = data["cost_models"][role]["params"]
+    params[param] = {3: {**params[param][8], "value": 1.0}}
+    path = _write(tmp_path, data)
+    code, out, err = _validate(capsys, str(path))
+    assert code == 2 and out == "", (out, err)
+    assert f"parameter {param}:" in err and "missing [8] (table has [3])" in err, err
+    assert err.count("error") == 1 and "Traceback" not in err, err
+    with pytest.raises(HardwareModelError, match=rf"{param}: .*missing \[8\]"):
+        build_models(load_platform(path))  # what `inag select` and `inag cost` build
+
+
+def test_law_scaled_tables_may_leave_widths_to_the_law(tmp_path):
+    """Documented fill rule (hwmodels.scaling): a quadratic table extrapolates by its law."""
+    data = read_descriptor("bitfusion")[1]
+    table = data["cost_models"]["energy"]["params"]["e_mac_pj"]
+    data["cost_models"]["energy"]["params"]["e_mac_pj"] = {8: table[8]}
+    energy = build_models(load_platform(_write(tmp_path, data)))["energy"]
+    assert energy.params.scaling == "quadratic"
+    assert energy._lw[4] == pytest.approx(table[8]["value"] / 4, rel=1e-12)
+
+
+@pytest.mark.parametrize(
     ("path", "value", "field"),
     [
         (("capability", "clock_hz"), 160, "capability.clock_hz"),
