@@ -229,6 +229,16 @@ class RooflineLatency(HardwareModel[RooflineParams]):
             _lut(self, conv_name, conv, p.scaling, "activation"),
         )
         self._clock = platform.capability.clock_hz.value
+        if p.unpack_cycles_per_mac:  # a width left out would extract for free
+            packed = [b for b in platform.capability.numerics.supported_bits if b < 8]
+            missing = sorted(set(packed) - set(p.unpack_cycles_per_mac))
+            if missing:
+                raise HardwareModelError(
+                    f"{platform.name}: model {self.name!r} parameter unpack_cycles_per_mac: "
+                    f"needs an entry for every packed (sub-8-bit) weight width the platform "
+                    f"supports {packed}; missing {missing} (table has "
+                    f"{sorted(p.unpack_cycles_per_mac)})"
+                )
 
     def _layer_cost(self, t: LayerTable) -> np.ndarray:
         p = self.params

@@ -175,3 +175,17 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
     path.write_text(text + "\nname: other\n")
     with pytest.raises(PlatformError, match="name"):
         load_platform(path)
+
+
+def test_a_partial_unpack_table_is_an_error(tmp_path, capsys):
+    """`unpack_cycles_per_mac: {3: 1.0}` left 2-, 4-, 5-, 6- and 7-bit weights extracting for
+    free; every packed width the platform supports needs its cost."""
+    data = _cortex_m()
+    params = data["cost_models"]["latency"]["params"]
+    source = params["macs_per_cycle"][8]
+    params["unpack_cycles_per_mac"] = {3: {**source, "value": 1.0}}
+    path = _write(tmp_path, data)
+    code, out, err = _validate(capsys, str(path))
+    assert code == 2 and "unpack_cycles_per_mac" in err and "missing [2, 4, 5, 6, 7]" in err, err
+    params["unpack_cycles_per_mac"] = {b: {**source, "value": 1.0} for b in range(2, 8)}
+    assert _validate(capsys, str(_write(tmp_path, data)))[0] == 0
