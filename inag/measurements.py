@@ -211,15 +211,27 @@ class MeasurementStore:
         sql = "SELECT * FROM measurements" + (" WHERE " + " AND ".join(where) if where else "")
         cur = self._db.execute(sql + " ORDER BY id", args)
         names = [c[0] for c in cur.description]
-        return [_row(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
+        return [self._row(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
 
     def get(self, row_id: int) -> MeasurementRow:
+        if not -(2**63) <= row_id < 2**63:  # SQLite's INTEGER range
+            raise MeasurementError(f"{self.path}: no measurement with id {row_id}")
         cur = self._db.execute("SELECT * FROM measurements WHERE id=?", (row_id,))
         r = cur.fetchone()
         if r is None:
             raise MeasurementError(f"{self.path}: no measurement with id {row_id}")
         names = [c[0] for c in cur.description]
-        return _row(dict(zip(names, r, strict=True)))
+        return self._row(dict(zip(names, r, strict=True)))
+
+    def _row(self, d: dict[str, Any]) -> MeasurementRow:
+        """A stored row, or an error naming the store, the row and the bad column: a tampered
+        cell must not surface as a JSON or float traceback."""
+        try:
+            return _row(d)
+        except (ValueError, TypeError, KeyError) as exc:  # MeasurementError is a ValueError
+            raise MeasurementError(
+                f"{self.path}: measurement {d.get('id')!r} is corrupt: {exc}"
+            ) from None
 
     def groups(self) -> list[dict[str, Any]]:
         """One line per (platform, device, runtime, origin, unit, batch): counts and dates."""
@@ -260,7 +272,27 @@ def _is_store(path: Path) -> bool:
     return r is not None and r[0] == FORMAT
 
 
+def _json(d: dict[str, Any], key: str, kind: type) -> Any:
+    try:
+        value = json.loads(d[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"column {key!r} is not JSON: {str(d[key])[:40]!r}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"column {key!r} must hold a JSON {kind.__name__}, found {value!r:.40}")
+    return value
+
+
+def _number(d: dict[str, Any], key: str, cast: type = float) -> Any:
+    try:
+        return cast(d[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"column {key!r} must be a number, found {d[key]!r:.40}") from None
+
+
 def _row(d: dict[str, Any]) -> MeasurementRow:
+    samples = _json(d, "samples", list)
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in samples):
+        raise ValueError(f"column 'samples' must be a list of numbers, found {samples!r:.40}")
     return MeasurementRow(
         platform=d["platform"],
         platform_sha=d["platform_sha"],
@@ -269,17 +301,17 @@ def _row(d: dict[str, Any]) -> MeasurementRow:
         origin=d["origin"],
         unit=d["unit"],
         arch=ArchSpec.from_json(d["arch"]),
-        batch=int(d["batch"]),
-        warmup=int(d["warmup"]),
-        repeats=int(d["repeats"]),
-        number=int(d["number"]),
-        samples=tuple(json.loads(d["samples"])),
-        median=float(d["median"]),
+        batch=_number(d, "batch", int),
+        warmup=_number(d, "warmup", int),
+        repeats=_number(d, "repeats", int),
+        number=_number(d, "number", int),
+        samples=tuple(samples),
+        median=_number(d, "median"),
         predicted_s=d["predicted_s"],
-        versions=json.loads(d["versions"]),
-        extra=json.loads(d["extra"]),
-        created=float(d["created"]),
-        id=int(d["id"]),
+        versions=_json(d, "versions", dict),
+        extra=_json(d, "extra", dict),
+        created=_number(d, "created"),
+        id=_number(d, "id", int),
     )
 
 

@@ -319,6 +319,33 @@ def test_cli_errors_are_one_paragraph(
     assert "Traceback" not in err and needle in err, err
 
 
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--budget-minutes", "inf"], ["--budget-minutes", "finite", "found inf"]),
+        (["--budget-minutes", "0"], ["--budget-minutes", "> 0", "found 0"]),
+        (["--budget-evals", "2", "--space", "cnn"], ["--space 'cnn'", "cnn space", "mlp space"]),
+        (["--budget-evals", "2", "--space", "nope.yaml"], ["--space", "nope.yaml"]),
+    ],
+)
+def test_cli_encoder_refuses_bad_budget_and_space(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needles: list[str]
+) -> None:
+    code, out, err = run(capsys, "baseline", "--evaluator", "encoder", "--model", "data_a", *argv)
+    assert code == 2
+    assert out == ""
+    assert "Traceback" not in err and err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_cli_encoder_accepts_the_models_own_space(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ("--evaluator", "encoder", "--model", "data_a", "--budget-evals", "2", "--space", "mlp")
+    code, out, err = run(capsys, "baseline", *argv)
+    assert code == 0, err
+    assert "search: 2 evaluations" in out
+
+
 # ---------------------------------------------------------------------------- helpers
 def _space() -> SearchSpace:
     from inag.space import load_space

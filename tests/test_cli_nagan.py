@@ -315,6 +315,42 @@ def test_evaluate_writes_report(
     assert (out / "achieved_vs_requested.png").read_bytes()[:8] == PNG
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("--threshold", "nan"), ("--threshold", "non-negative", "found nan")),
+        (("--threshold", "-1"), ("--threshold", "non-negative", "found -1")),
+        (("--noise", "-1"), ("--noise", "found -1")),
+        (("--noise", "1000000000000"), ("--noise", "at most the 2000 rows", "1000000000000")),
+        (("--real", "3"), ("--real", "bag size -n 2", "found 3")),
+        (("--real", "1000000000000"), ("--real", "at most", "found 1000000000000")),
+        (("--real", "3000", "-n", "5000"), ("--real", "at most the 2000 rows", "found 3000")),
+        (("--train-sizes", "1"), ("--train-sizes", "between 20", "2000 rows", "found 1")),
+        (("--train-sizes", "20,1000000000000"), ("--train-sizes", "2000 rows", "1000000000000")),
+    ],
+)
+def test_evaluate_refuses_bad_options_before_training(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: tuple, needles: tuple
+) -> None:
+    base = ("--model", "data_a", "--real", "1", "-n", "2", "--noise", "0", "--refine", "0")
+    code, out, err = run(capsys, "evaluate", *base, "--out", tmp_path / "r", *args)
+    assert code == 2
+    assert out == ""
+    assert_one_paragraph_error(err, *needles)
+    assert not (tmp_path / "r" / "report.md").exists()
+
+
+def test_evaluate_train_sizes_minimum_is_fit_nagans() -> None:
+    from inag.cli.nagan import MIN_TRAIN_ROWS
+    from inag.nagan import ModelError, fit_nagan, load_model
+
+    m = load_model("data_a")
+    archs = m.space.sample_many(np.random.default_rng(0), MIN_TRAIN_ROWS - 1)
+    perf = np.linspace(0, 1, len(archs))
+    with pytest.raises(ModelError, match=f"at least {MIN_TRAIN_ROWS} "):
+        fit_nagan(m.space, archs, perf, m.task, m.task_kind, m.config)
+
+
 # ---------------------------------------------------------------------------- select
 def test_select_json_and_plot(
     capsys: pytest.CaptureFixture[str], tiny_model: Nagan, tiny_model_path: Path, tmp_path: Path

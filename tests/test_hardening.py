@@ -1217,3 +1217,32 @@ def test_generate_into_a_closed_pipe_stops_quietly() -> None:
     err = proc.stderr.read()
     assert code == 141, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_a_path_too_long_for_the_file_system_is_an_error_not_a_traceback(capsys):
+    long = "a" * 300
+    assert (
+        main(["generate", "--model", "data_a", "-n", "2", "--condition", "0.5", "--out", long])
+        == 2
+    )
+    assert "too long for this file system" in capsys.readouterr().err
+    assert main(["dataset", "info", long]) == 2
+    assert "too long for this file system" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["space", "sample", "-n", "1"], ["generate", "--model", "data_a", "-n", "2"],
+     ["select", "--model", "data_a", "-n", "2", "--verify", "0"]],
+)  # fmt: skip
+def test_a_negative_seed_is_refused(capsys, args):
+    assert main([*args, "--seed", "-1"]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_select_refuses_a_step_too_small_to_move_the_condition(capsys):
+    """--step 1e-9 rounded away at 6 decimals: the re-conditioning loop never ended."""
+    args = ["select", "--model", "data_a", "-n", "20", "--verify", "0", "--refine", "0",
+            "--max-storage", "0.0001", "--step", "1e-9"]  # fmt: skip
+    assert main(args) == 2
+    assert "--step must be in [1e-06, 1]" in capsys.readouterr().err

@@ -374,3 +374,29 @@ def test_qemu_plan_calibrates_latency_and_flash(tmp_path, capsys):
     capsys.readouterr()
     assert main(["select", "-p", str(both), "-n", "300"]) == 0
     assert "latency model calibrated" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expect"),
+    [("samples", "garbage", "'samples' is not JSON"),
+     ("samples", '{"a": 1}', "'samples' must hold a JSON list"),
+     ("median", "abc", "'median' must be a number"),
+     ("versions", "[1", "'versions' is not JSON")],
+)  # fmt: skip
+def test_a_tampered_measurement_cell_is_named_not_a_traceback(
+    tmp_path, capsys, column, value, expect
+):
+    db = tmp_path / "m.sqlite"
+    with MeasurementStore(db) as store:
+        i = store.add(_row())
+    con = sqlite3.connect(db)
+    con.execute(f"UPDATE measurements SET {column} = ? WHERE id = ?", (value, i))
+    con.commit()
+    con.close()
+    with MeasurementStore(db) as store, pytest.raises(MeasurementError) as exc:
+        store.rows()
+    assert f"measurement {i} is corrupt" in str(exc.value) and expect in str(exc.value)
+    assert main(["measure", "show", "--db", str(db)]) == 2
+    assert expect in capsys.readouterr().err
+    assert main(["measure", "show", "--db", str(db), "--id", str(10**30)]) == 2
+    assert "no measurement with id" in capsys.readouterr().err

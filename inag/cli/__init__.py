@@ -9,6 +9,7 @@ imported inside the commands that need them, so ``inag platforms list`` starts f
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -66,6 +67,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ("export.errors", "ExportError"),
         ("inag.select.baselines", "BaselineError"),
         ("inag.select", "SelectionError"),
+        ("inag.measurements", "MeasurementError"),
     ):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):
@@ -98,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         if isinstance(exc, _known_errors()):
             typer.echo(f"error: {exc}", err=True)
+            return 2
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+            # Path.exists() raises this on Python 3.11 wherever a path option is checked
+            name = str(exc.filename or "")
+            shown = name if len(name) <= 80 else f"{name[:60]}... ({len(name)} characters)"
+            typer.echo(
+                f"error: a path given is too long for this file system: {shown!r} (a file "
+                "name may have at most 255 bytes)",
+                err=True,
+            )
             return 2
         raise
 

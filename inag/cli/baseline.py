@@ -9,13 +9,20 @@ limits raise :class:`inag.cli.options.CliError`: one paragraph on stderr, exit c
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inag.cli.options import CliError, PlatformOption, limit_overrides, with_limit_options
+from inag.cli.options import (
+    MAX_SEED,
+    CliError,
+    PlatformOption,
+    limit_overrides,
+    with_limit_options,
+)
 
 if TYPE_CHECKING:
     from inag.select.baselines import BaselineResult, Evaluator
@@ -48,14 +55,20 @@ def baseline(
         Path | None,
         typer.Option(help="Dataset whose task, data seed and trainer settings to train with."),
     ] = None,
-    space: Annotated[str, typer.Option(help="Search space (mlp or a YAML path).")] = "mlp",
+    space: Annotated[
+        str | None,
+        typer.Option(
+            help="Search space (mlp or a YAML path); default: mlp, or with --evaluator encoder "
+            "the --model's space (the only one its encoder scores)."
+        ),
+    ] = None,
     epochs: Annotated[
         int | None, typer.Option(min=1, help="Override the trainer's epochs (not comparable).")
     ] = None,
     restarts: Annotated[
         int | None, typer.Option(min=1, help="Override the trainer's restarts per net.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Sampler seed.")] = 0,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Feasible new architectures trained together.")
     ] = 16,
@@ -83,8 +96,8 @@ def baseline(
         raise CliError(f"--evaluator: {evaluator!r} is not one of {', '.join(EVALUATORS)}")
     if budget_evals is None and budget_minutes is None:
         raise CliError("give a budget: --budget-evals N and/or --budget-minutes M")
-    if budget_minutes is not None and budget_minutes <= 0:
-        raise CliError(f"--budget-minutes: must be > 0, found {budget_minutes}")
+    if budget_minutes is not None and not (math.isfinite(budget_minutes) and budget_minutes > 0):
+        raise CliError(f"--budget-minutes: must be a finite number > 0, found {budget_minutes}")
     plat = load_platform(platform)
     overrides = limit_overrides(limits)
     for name, v in overrides.items():
@@ -154,7 +167,7 @@ def _evaluator(
     task: str | None,
     model_path: Path | None,
     db: Path | None,
-    space: str,
+    space: str | None,
     epochs: int | None,
     restarts: int | None,
 ) -> tuple[Evaluator, Any, str]:
@@ -167,8 +180,13 @@ def _evaluator(
         space_for_task,
         train_evaluator,
     )
+    from inag.space import SpaceError, load_space
     from inag.train.trainer import TrainerConfig
 
+    try:  # a bad --space is refused before anything is loaded or trained
+        given_space = None if space is None else load_space(space)
+    except SpaceError as exc:
+        raise CliError(f"--space: {exc}") from None
     meta = dataset_meta(str(db)) if db is not None else None
     model = None
     if model_path is not None:
@@ -198,6 +216,19 @@ def _evaluator(
             )
         if epochs is not None or restarts is not None:
             raise CliError("--epochs/--restarts apply to --evaluator train only")
+        if given_space is not None:
+            ms = model.space
+            try:
+                same = given_space.bind(ms.input_shape, ms.output_size) == ms
+            except SpaceError:
+                same = False
+            if not same:
+                raise CliError(
+                    f"--space {space!r} (the {given_space.kind} space {given_space.name!r}) "
+                    f"differs from the --model's search space (the {ms.kind} space "
+                    f"{ms.name!r}); --evaluator encoder scores only the space its encoder was "
+                    "trained on: omit --space, or use --evaluator train"
+                )
         return EncoderEvaluator(model), model.space, task_name
 
     trainer_fields: dict[str, Any] | None = None
@@ -213,7 +244,7 @@ def _evaluator(
     if restarts is not None:
         config = dataclasses.replace(config, restarts=restarts)
     ev = train_evaluator(task_name, config, data_seed=data_seed)
-    return ev, space_for_task(ev.task, space), task_name
+    return ev, space_for_task(ev.task, space or "mlp"), task_name
 
 
 def _print_result(con: Any, r: BaselineResult, task: str) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from inag.cli.common import console
-from inag.cli.options import CliError
+from inag.cli.options import MAX_SEED, CliError
 
 dataset_app = typer.Typer(
     help="Inspect and export dataset files made by `inag sample`.", no_args_is_help=True
@@ -37,8 +37,12 @@ def sample(
     db: Annotated[Path, typer.Option(help="SQLite file; re-running resumes it.")] = Path(
         "runs/data_a.sqlite"
     ),
-    seed: Annotated[int, typer.Option(help="Sampling and training seed.")] = 0,
-    data_seed: Annotated[int, typer.Option(help="Seed of the task's data and splits.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Sampling and training seed.")
+    ] = 0,
+    data_seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of the task's data and splits.")
+    ] = 0,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs per candidate.")] = 20,
     batch_size: Annotated[int, typer.Option(min=1, help="Minibatch size.")] = 256,
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate (cosine decay).")] = 1e-2,

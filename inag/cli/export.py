@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inag.cli.options import PlatformOption, read_arch_source
+from inag.cli.options import MAX_SEED, PlatformOption, read_arch_source
 
 if TYPE_CHECKING:
     from export.qnet import QuantizedNet
@@ -180,7 +180,9 @@ def train_net_cmd(
     task: Annotated[str, typer.Option(help="Task spec, e.g. data_a, digits, mnist:DIR.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Net file to write.")],
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed of data split and initialization.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of data split and initialization.")
+    ] = 0,
     lr: Annotated[float, typer.Option(min=1e-8, help="Adam learning rate.")] = 1e-2,
 ) -> None:
     """Final QAT training of one chosen network; writes a safetensors net file."""
@@ -213,7 +215,7 @@ def export_cmd(
     ] = None,
     task: Annotated[str | None, typer.Option(help="Task to train on (with --arch).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs when training first.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed when training first.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed when training first.")] = 0,
     platform: PlatformOption = "host_cpu",
     measure: Annotated[
         bool, typer.Option(help="TVM: measure latency where the platform says (local/RPC).")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from inag.cli.common import console
-from inag.cli.options import CliError, PlatformOption
+from inag.cli.options import MAX_SEED, CliError, PlatformOption
 from inag.safe_io import check_writable
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def measure_run(
         str | None, typer.Option(help="Measure a plan sampled from this space (mlp, cnn).")
     ] = None,
     n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="Plan size.")] = 40,
-    seed: Annotated[int, typer.Option(help="Plan seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Plan seed.")] = 0,
     input_shape: Annotated[
         str | None, typer.Option(help="Bind the plan's space to an input shape, e.g. 8.")
     ] = None,

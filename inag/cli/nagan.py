@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from inag.cli.common import (
     stage_progress,
     target_condition,
 )
-from inag.cli.options import CliError, RefineOption
+from inag.cli.options import MAX_SEED, CliError, RefineOption
 
 
 def train(
@@ -28,7 +29,10 @@ def train(
         Path, typer.Option(help="Dataset file made by `inag sample`, or a bundled one: data_a.")
     ],
     out: Annotated[Path, typer.Option(help="Artifact to write (safetensors + metadata).")],
-    seed: Annotated[int, typer.Option(help="Seed of splits, initialization and GAN noise.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(min=0, max=MAX_SEED, help="Seed of splits, initialization and GAN noise."),
+    ] = 0,
     gan_steps: Annotated[
         int | None, typer.Option(min=1, help="Generator/discriminator updates (default 4000).")
     ] = None,
@@ -150,7 +154,7 @@ def generate(
         ),
     ] = None,
     n: Annotated[int, typer.Option("-n", min=1, help="Bag size.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Noise seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="JSON-lines file (default: stdout).")] = None,
     refine: RefineOption = None,
 ) -> None:
@@ -213,7 +217,7 @@ def evaluate(
     n: Annotated[int, typer.Option("-n", min=1, help="Bag size per condition.")] = 1000,
     threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
     out: Annotated[Path, typer.Option(help="Report directory.")] = Path("runs/report"),
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed.")] = 0,
     noise: Annotated[
         int,
         typer.Option(help="Dataset archs retrained with 5 seeds for the noise floor (0: skip)."),
@@ -238,6 +242,17 @@ def evaluate(
     from inag.safe_io import check_writable_dir
     from inag.train.trainer import TrainerConfig
 
+    # every option is checked here, before the minutes of training below
+    if not math.isfinite(threshold) or threshold < 0:
+        # the range `inag select` accepts for the same Dist_f threshold
+        raise CliError(f"--threshold must be a non-negative number, found {threshold}")
+    if noise < 0:
+        raise CliError(f"--noise must be 0 (skip) or a positive count, found {noise}")
+    if real > n:
+        raise CliError(
+            f"--real must be at most the bag size -n {n} (the --real nets per condition are "
+            f"picked from the bag), found {real}"
+        )
     check_writable_dir(out, "the evaluation report")
     sizes_list = _int_list_option(train_sizes, "--train-sizes") if train_sizes else []
     m = load_model(model)
@@ -251,6 +266,7 @@ def evaluate(
     with DatasetStore(db) as store:
         archs, perf = store.archs_and_performance()
         meta = store.meta()
+    _check_evaluate_counts(real, noise, sizes_list, len(archs))
     trainer = TrainerConfig.from_record(meta["trainer"])
     con = console(stderr=True)
     con.print(f"evaluating {model} on {m.task}: K={real}, bag {n}")
@@ -367,6 +383,32 @@ def _check_generate_size(n: int) -> None:
             f"of JSON lines (measured: ~{GENERATE_BYTES_PER_LINE} bytes per architecture; the "
             f"memory stays that of one chunk of {GENERATE_CHUNK:,}); at most {MAX_GENERATE:,} "
             "per run: use several runs with different --seed"
+        )
+
+
+# fit_nagan (inag/nagan/__init__.py) refuses fewer trained architectures than this
+MIN_TRAIN_ROWS = 20
+
+
+def _check_evaluate_counts(real: int, noise: int, sizes: list[int], rows: int) -> None:
+    """`evaluate`'s counts against the model's dataset of ``rows`` trained architectures."""
+    if real > rows:
+        raise CliError(
+            f"--real must be at most the {rows} rows of the model's dataset (the "
+            f"dataset-nearest baseline retrains the --real rows closest to each condition), "
+            f"found {real}"
+        )
+    if noise > rows:
+        raise CliError(
+            f"--noise must be at most the {rows} rows of the model's dataset (it retrains that "
+            f"many of its rows), found {noise}"
+        )
+    bad = [s for s in sizes if not MIN_TRAIN_ROWS <= s <= rows]
+    if bad:
+        raise CliError(
+            f"--train-sizes must each be between {MIN_TRAIN_ROWS} (the fewest rows NAGAN trains "
+            f"on) and the {rows} rows of the model's dataset, found "
+            f"{', '.join(str(s) for s in bad)}"
         )
 
 

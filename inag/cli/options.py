@@ -13,6 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
+# numpy's legacy RandomState (some baselines) takes seeds in [0, 2^32)
+MAX_SEED = 2**32 - 1
+
 
 class CliError(Exception):
     """A user-facing error: printed as one paragraph, exit code 2."""

@@ -18,6 +18,7 @@ from inag.cli.common import (
     target_condition,
 )
 from inag.cli.options import (
+    MAX_SEED,
     CliError,
     RankOption,
     RefineOption,
@@ -59,7 +60,7 @@ def select(
     rank_by: RankOption = "dist_ub",  # inag.select.DEFAULT_RANK
     floor: Annotated[float, typer.Option(help="Lowest condition re-conditioning may try.")] = 0.05,
     step: Annotated[float, typer.Option(help="Re-conditioning step.")] = 0.05,
-    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Noise seed.")] = 0,
     json_out: Annotated[
         Path | None,
         typer.Option("--json", help="Write the selection (readable by `inag export`)."),
@@ -81,16 +82,17 @@ def select(
     """Generate one bag for a target and keep, per platform, the nets that fit its budgets."""
     from inag.platform import load_platform
     from inag.safe_io import atomic_write_text, check_writable
-    from inag.select import DISTANCE_RANKS, SelectionError
+    from inag.select import DISTANCE_RANKS, MIN_STEP, SelectionError
     from inag.select import select as run_select
     from inag.select import verify as verify_top
 
     t_load = time.perf_counter()
     if perf is not None and condition is not None:
         raise CliError("give at most one of --perf (raw) and --condition (normalized)")
-    if not math.isfinite(step) or step <= 0:
+    if not math.isfinite(step) or not MIN_STEP <= step <= 1:
         raise CliError(
-            f"--step must be a positive number (the re-conditioning step), found {step}"
+            f"--step must be in [{MIN_STEP:g}, 1] (the re-conditioning step; conditions are "
+            f"kept to 6 decimals), found {step:g}"
         )
     if not math.isfinite(floor) or not 0 <= floor <= 1:
         raise CliError(f"--floor must be in [0, 1], found {floor}")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from inag.cli.common import human_bytes, load_space
-from inag.cli.options import CliError
+from inag.cli.options import MAX_SEED, CliError
 
 space_app = typer.Typer(
     help="Search spaces: sample architectures, show sizes.", no_args_is_help=True
@@ -18,7 +18,7 @@ space_app = typer.Typer(
 def space_sample(
     space: Annotated[str, typer.Option(help="Bundled space (mlp, cnn) or YAML path.")] = "mlp",
     n: Annotated[int, typer.Option("-n", min=1, help="How many architectures.")] = 5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed.")] = 0,
     input_shape: Annotated[
         str | None, typer.Option(help="Bind the space to an input shape, e.g. 1 or 1,8,8.")
     ] = None,

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from inag.cli.options import (
+    MAX_SEED,
     CliError,
     PlatformOption,
     RankOption,
@@ -48,7 +49,9 @@ def sweep(
     ] = 0,
     threshold: Annotated[float, typer.Option(help="Confidence threshold on Dist_f.")] = 0.05,
     rank_by: RankOption = "dist_ub",  # inag.select.DEFAULT_RANK
-    seed: Annotated[int, typer.Option(help="Seed (bags, random comparison).")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed (bags, random comparison).")
+    ] = 0,
     refine: RefineOption = None,
     **limits: float | None,
 ) -> None:

@@ -286,6 +286,10 @@ class Attempt:
     funnel: tuple[StageResult, ...]
 
 
+# conditions are rounded to 6 decimals: a smaller re-conditioning step would not move c
+MIN_STEP = 1e-6
+
+
 def select(
     model: Nagan,
     platforms: Sequence[Platform],
@@ -324,9 +328,10 @@ def select(
             bag = make_bag(costers[p.name], bags[key])
             sel = run_stages(bag, stages[p.name], p.name, rank_by)
             tries[p.name].append(Attempt(c, len(sel.chosen), sel.funnel))
-            if len(sel.chosen) or c - step < floor - 1e-9:
+            nxt = round(c - step, 6)
+            if len(sel.chosen) or c - step < floor - 1e-9 or nxt >= c:  # nxt: no progress
                 break
-            c = round(c - step, 6)
+            c = nxt
             attempt += 1
         if not len(sel.chosen):
             last = sel.funnel[-1]
