@@ -259,6 +259,7 @@ def test_kill_9_loses_no_stored_row_and_the_plan_resumes(tmp_path):
         (["measure", "run", "--runtime", "nope"], "--runtime"),
         (["measure", "run", "--runtime", "serial"], "--device"),
         (["measure", "run", "--runtime", "c", "--device", "rpc://127.0.0.1:9"], "this host"),
+        (["measure", "run", "-p", "cortex_m", "--runtime", "c"], "times this host, not the"),
         (["measure", "ls", "--db", "/nonexistent/m.sqlite"], "no measurement store"),
         (["calibrate", "-p", "host_cpu", "--db", "DB", "--out", "OUT"], "no batch-1"),
     ],
@@ -400,3 +401,16 @@ def test_a_tampered_measurement_cell_is_named_not_a_traceback(
     assert expect in capsys.readouterr().err
     assert main(["measure", "show", "--db", str(db), "--id", str(10**30)]) == 2
     assert "no measurement with id" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_to_overwrite_the_platform_it_calibrates(tmp_path, capsys):
+    src = Path(__file__).resolve().parents[1] / "platforms" / "host_cpu.yaml"
+    plat = tmp_path / "hc.yaml"
+    plat.write_text(src.read_text())
+    before = plat.read_text()
+    db = tmp_path / "m.sqlite"
+    MeasurementStore(db).close()
+    argv = ["calibrate", "-p", str(plat), "--out", str(plat), "--db", str(db)]
+    assert main(argv) == 2
+    assert "is the platform file being calibrated" in capsys.readouterr().err
+    assert plat.read_text() == before

@@ -160,6 +160,14 @@ def measure_run(
         device = f"tracker://{r.tracker}/{r.key}" if r.tracker else f"rpc://{r.host}:{r.port}"
     if rt == "serial" and not device:
         raise CliError("--runtime serial needs --device (a serial port or socket://HOST:PORT)")
+    if plat.kind == "mcu" and rt in ("tvm", "onnxruntime", "c") and not device:
+        # a local runtime times this host: stored under an MCU platform, a later calibrate
+        # would fit the MCU's model to desktop timings
+        raise CliError(
+            f"--runtime {rt} without --device times this host, not the {plat.name} "
+            f"microcontroller; use --runtime qemu (emulated) or --runtime serial --device PORT "
+            f"(the board), or -p host_cpu to measure this host"
+        )
     archs, what = _archs_to_measure(source, space, n, seed, input_shape, output_size)
     check_writable(db, "--db")
     warm = plat.measure.warmup if warmup is None else warmup
@@ -452,12 +460,19 @@ def calibrate(
 
     from hwmodels import build_models
     from hwmodels.calibrate import calibrated_descriptor, fit
-    from inag.platform import freeze_detected, load_platform
+    from inag.platform import freeze_detected, load_platform, resolve_platform_path
 
     if role not in ROLE_UNITS:
         raise CliError(f"--role: {role!r} is not one of {', '.join(ROLE_UNITS)}")
     plat = load_platform(platform)
     check_writable(out, "--out")
+    source = resolve_platform_path(platform)
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise CliError(
+            f"--out {out} is the platform file being calibrated ({platform}); the calibrated "
+            "descriptor is frozen to this host's fit, so it would replace the original: write "
+            "it to another path"
+        )
     png = plot if plot is not None else out.with_suffix(".png")
     check_writable(png, "--plot")
     rows = _select_rows(db, plat.name, device, runtime, 1)
