@@ -350,6 +350,12 @@ def resolve_platform_path(name_or_path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     names = ", ".join(bundled_names()) or "(none)"
+    if path.exists():  # a directory or a device: there, but not a descriptor
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise PlatformError(
+            f"platform {text!r} is {what}; expected a platform YAML file or a bundled name "
+            f"({names})"
+        )
     raise PlatformError(
         f"no platform {text!r}: no such file, and not a bundled name (bundled: {names})"
     )

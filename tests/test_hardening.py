@@ -1246,3 +1246,21 @@ def test_select_refuses_a_step_too_small_to_move_the_condition(capsys):
             "--max-storage", "0.0001", "--step", "1e-9"]  # fmt: skip
     assert main(args) == 2
     assert "--step must be in [1e-06, 1]" in capsys.readouterr().err
+
+
+def test_a_directory_given_as_platform_is_named_as_such(tmp_path, capsys):
+    assert (
+        main(["select", "--model", "data_a", "-n", "2", "--verify", "0", "-p", str(tmp_path)]) == 2
+    )
+    assert "is a directory; expected a platform YAML file" in capsys.readouterr().err
+
+
+def test_an_infinite_learning_rate_is_refused_before_training(tmp_path, capsys):
+    arch = json.dumps({"kind": "mlp", "input_shape": [1], "output_size": 1,
+                       "layers": [{"kind": "dense", "width": 4, "bits": 4}]})  # fmt: skip
+    assert main(["train-net", arch, "--task", "data_a", "-o", str(tmp_path / "n.safetensors"),
+                 "--lr", "inf"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--lr must be a finite" in err and "epoch 1/" not in err
+    assert main(["sample", "--lr", "inf", "-n", "2", "--db", str(tmp_path / "d.sqlite")]) == 2
+    assert "--lr must be a finite number > 0" in capsys.readouterr().err

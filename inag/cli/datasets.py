@@ -4,6 +4,7 @@ inspect one."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -138,6 +139,8 @@ def sample(
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    if not math.isfinite(lr) or lr <= 0:
+        raise CliError(f"--lr must be a finite number > 0, found {lr}")
     if workers is not None and workers < 1:
         raise CliError(f"--workers must be at least 1, found {workers}")
     try:  # a space that cannot take the task's input: refused before any work starts

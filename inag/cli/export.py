@@ -9,6 +9,7 @@ paragraph on stderr and exit code 2.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -105,6 +106,8 @@ def train_net(
     prepare_out_dir(Path(out).parent)  # fail before training, not after
     task = load_task(task_spec, seed)
     _check_task_fits(arch, task)
+    if not math.isfinite(lr):
+        raise _err(f"--lr must be a finite learning rate, found {lr}")
     config = TrainerConfig(epochs=epochs, seed=seed, lr=lr)
     try:
         check_size(arch, config.batch_size)
