@@ -357,3 +357,25 @@ def test_train_net_names_an_arch_argument_that_is_no_architecture(tmp_path, caps
     out = tmp_path / "n.safetensors"
     assert main(["train-net", arg, "--task", "data_a", "--out", str(out)]) == 2
     assert expect in capsys.readouterr().err
+
+
+def test_a_refused_export_writes_nothing(tmp_path, capsys, net_file):
+    """--measure on a target no runtime times, and --arch with an unknown task, are refused
+    before the output directory exists (both left files or an empty directory behind)."""
+    out = tmp_path / "o"
+    argv = ["export", "--target", "onnx", "--net", str(net_file), "--out", str(out), "--measure"]
+    assert main(argv) == 2
+    assert "--measure applies to targets" in capsys.readouterr().err and not out.exists()
+    argv = [
+        "export",
+        "--target",
+        "c",
+        "--arch",
+        ARCH.to_json(),
+        "--task",
+        "nope",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    assert "unknown task" in capsys.readouterr().err and not out.exists()

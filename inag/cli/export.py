@@ -230,7 +230,7 @@ def export_cmd(
     """Export a trained network as integer-only ONNX, a TVM library, or standalone C."""
     from export.artifacts import export_artifacts, prepare_out_dir
     from export.qnet import QuantizedNet
-    from export.targets import available_targets
+    from export.targets import available_targets, get_target
     from inag.platform import load_platform
 
     targets = available_targets()
@@ -242,11 +242,19 @@ def export_cmd(
     if (net is None) == (arch is None):
         raise _err("give exactly one of --net (a net file) and --arch (train first)")
     plat = load_platform(platform)
+    if measure and not get_target(target).measurable:  # before anything is written
+        raise _err(
+            f"--measure applies to targets a device runtime can time (tvm), not {target!r}; "
+            "time the others with `inag measure run --runtime ...`"
+        )
     extra: dict[str, Path] = {}
     if arch is not None:
         if task is None:
             raise _err(f"{given} needs --task (the task to train it on)")
         a = read_arch(arch)
+        from inag.tasks import load_task
+
+        load_task(task, seed)  # a bad task spec fails before the output directory is made
         out_dir = prepare_out_dir(out)
         net_path = out_dir / f"inag_{a.arch_id}.safetensors"
         typer.echo(f"training {a.summary()} on {task} first ({epochs} epochs)", err=True)
@@ -285,7 +293,9 @@ def _measure_into(manifest: dict[str, Any], out: Path, qnet: QuantizedNet, plat:
     x = np.zeros((1, *qnet.input_shape), dtype=np.int8)
     m = measure_platform(lib, plat, x)
     manifest["measured"] = m.to_dict()
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    from inag.safe_io import atomic_write_text
+
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
 
 def _print_summary(manifest: dict[str, Any], out: Path) -> None:
