@@ -414,3 +414,16 @@ def test_calibrate_refuses_to_overwrite_the_platform_it_calibrates(tmp_path, cap
     assert main(argv) == 2
     assert "is the platform file being calibrated" in capsys.readouterr().err
     assert plat.read_text() == before
+
+
+def test_export_with_a_filter_that_matches_nothing_lists_what_is_there(tmp_path, capsys):
+    db = tmp_path / "m.sqlite"
+    with MeasurementStore(db) as store:
+        store.add(_row())
+    out = tmp_path / "m.csv"
+    assert main(["measure", "export", "--db", str(db), "--csv", str(out), "-p", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no measurements match platform='nope'" in err and "p / host:x / c" in err
+    assert not out.exists()
+    assert main(["measure", "export", "--db", str(db), "--csv", str(out)]) == 0
+    assert "wrote 1 rows" in capsys.readouterr().out

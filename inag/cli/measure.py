@@ -421,6 +421,13 @@ def measure_export(
     check_writable(csv_out, "--csv")
     rows = _select_rows(db, _platform_name(platform), device, runtime, None)
     with MeasurementStore(db, create=False) as store:
+        if not rows and (platform or device or runtime):  # a typo'd filter is not "0 rows"
+            have = sorted({(g["platform"], g["device"], g["runtime"]) for g in store.groups()})
+            listed = "; ".join(f"{p} / {d} / {r}" for p, d, r in have) or "nothing"
+            raise CliError(
+                f"{db}: no measurements match platform={platform!r} device={device!r} "
+                f"runtime={runtime!r}; the store holds (platform / device / runtime): {listed}"
+            )
         text = store.to_csv(rows)
     from inag.safe_io import atomic_write_text
 
