@@ -341,8 +341,7 @@ def test_evaluate_refuses_bad_options_before_training(
 
 
 def test_evaluate_train_sizes_minimum_is_fit_nagans() -> None:
-    from inag.cli.nagan import MIN_TRAIN_ROWS
-    from inag.nagan import ModelError, fit_nagan, load_model
+    from inag.nagan import MIN_TRAIN_ROWS, ModelError, fit_nagan, load_model
 
     m = load_model("data_a")
     archs = m.space.sample_many(np.random.default_rng(0), MIN_TRAIN_ROWS - 1)

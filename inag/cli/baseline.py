@@ -99,10 +99,7 @@ def baseline(
     if budget_minutes is not None and not (math.isfinite(budget_minutes) and budget_minutes > 0):
         raise CliError(f"--budget-minutes: must be a finite number > 0, found {budget_minutes}")
     plat = load_platform(platform)
-    overrides = limit_overrides(limits)
-    for name, v in overrides.items():
-        if not v > 0:
-            raise CliError(f"limits must be > 0, found {name}={v}")
+    overrides = limit_overrides(limits)  # each limit finite and > 0 (check_limit_option)
     ev, search_space, task_name = _evaluator(evaluator, task, model, db, space, epochs, restarts)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn

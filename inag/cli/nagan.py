@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from inag.cli.common import (
     stage_progress,
     target_condition,
 )
-from inag.cli.options import MAX_SEED, CliError, RefineOption
+from inag.cli.options import MAX_SEED, CliError, RefineOption, check_threshold
 
 
 def train(
@@ -243,9 +242,7 @@ def evaluate(
     from inag.train.trainer import TrainerConfig
 
     # every option is checked here, before the minutes of training below
-    if not math.isfinite(threshold) or threshold < 0:
-        # the range `inag select` accepts for the same Dist_f threshold
-        raise CliError(f"--threshold must be a non-negative number, found {threshold}")
+    check_threshold(threshold)
     if noise < 0:
         raise CliError(f"--noise must be 0 (skip) or a positive count, found {noise}")
     if real > n:
@@ -386,12 +383,10 @@ def _check_generate_size(n: int) -> None:
         )
 
 
-# fit_nagan (inag/nagan/__init__.py) refuses fewer trained architectures than this
-MIN_TRAIN_ROWS = 20
-
-
 def _check_evaluate_counts(real: int, noise: int, sizes: list[int], rows: int) -> None:
     """`evaluate`'s counts against the model's dataset of ``rows`` trained architectures."""
+    from inag.nagan import MIN_TRAIN_ROWS
+
     if real > rows:
         raise CliError(
             f"--real must be at most the {rows} rows of the model's dataset (the "

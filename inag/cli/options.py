@@ -97,6 +97,13 @@ def limit_overrides(limits: Mapping[str, float | None]) -> dict[str, float]:
     return overrides(**limits)
 
 
+def check_threshold(threshold: float) -> None:
+    """The Dist_f confidence threshold of `select`, `sweep` and `evaluate`: NaN would keep
+    nothing and a negative one nothing either, silently."""
+    if not math.isfinite(threshold) or threshold < 0:
+        raise CliError(f"--threshold must be a non-negative number, found {threshold}")
+
+
 def check_limit_option(name: str, value: float) -> None:
     """Raise :class:`CliError` unless a limit option's value is a usable budget.
 

@@ -22,6 +22,7 @@ from inag.cli.options import (
     CliError,
     RankOption,
     RefineOption,
+    check_threshold,
     limit_overrides,
     with_limit_options,
 )
@@ -96,8 +97,7 @@ def select(
         )
     if not math.isfinite(floor) or not 0 <= floor <= 1:
         raise CliError(f"--floor must be in [0, 1], found {floor}")
-    if not math.isfinite(threshold) or threshold < 0:
-        raise CliError(f"--threshold must be a non-negative number, found {threshold}")
+    check_threshold(threshold)
     if json_out:
         check_writable(json_out, "the selection JSON")
     if plot:

@@ -8,7 +8,6 @@ stderr, exit code 2.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from inag.cli.options import (
     PlatformOption,
     RankOption,
     RefineOption,
+    check_threshold,
     limit_overrides,
     with_limit_options,
 )
@@ -70,8 +70,7 @@ def sweep(
         raise CliError(f"-n must be >= 1 (the bag size per condition), found {n}")
     if real < 0:
         raise CliError(f"--real must be >= 0 (nets trained per condition), found {real}")
-    if not math.isfinite(threshold) or threshold < 0:
-        raise CliError(f"--threshold must be a non-negative number, found {threshold}")
+    check_threshold(threshold)
     if rank_by not in RANK_KEYS:
         raise CliError(f"--rank-by: {rank_by!r} is not one of {', '.join(RANK_KEYS)}")
     if seed < 0:

@@ -875,6 +875,10 @@ def train_gan(
     return G, D, stats
 
 
+# the fewest trained architectures fit_nagan learns from (`inag evaluate --train-sizes`)
+MIN_TRAIN_ROWS = 20
+
+
 def fit_nagan(
     space: SearchSpace,
     archs: Sequence[ArchSpec],
@@ -886,8 +890,10 @@ def fit_nagan(
     info: dict[str, Any] | None = None,
 ) -> tuple[Nagan, EncoderReport]:
     """Train encoder then NAGAN on (architecture, performance) rows."""
-    if len(archs) < 20:
-        raise ModelError(f"need at least 20 trained architectures, found {len(archs)}")
+    if len(archs) < MIN_TRAIN_ROWS:
+        raise ModelError(
+            f"need at least {MIN_TRAIN_ROWS} trained architectures, found {len(archs)}"
+        )
     p_min, p_max = float(np.min(perf)), float(np.max(perf))
     if not p_max > p_min:
         raise ModelError(f"all {len(perf)} performances equal {p_min}: nothing to condition on")
